@@ -1,0 +1,528 @@
+#!/usr/bin/env python3
+"""relay_bench: Enigmo's relay under load, measured end to end, next to the raw relay (not a test).
+
+Every configuration starts real daphne processes (tests/live.py: a fresh database of the active
+profile; DATABASE_URL=postgres://… and REDIS_URL=redis://… select the production profile),
+seeds devices and conversations straight into the database, opens authenticated WebSockets
+(the `websockets` library) and waits until every socket has drained its queue. Receivers
+acknowledge every envelope, so each one is validated, durably stored, delivered and acked.
+
+Configurations (each repeated --repeat times; the table shows medians):
+  closed-N   N connections as N/2 sender→receiver pairs, --messages per sender, --window in
+             flight per sender; with --limit the raw relay (../shared/bench/relay_limit.py driven
+             by wsload.py, same shape) runs in the same repetition and gives the ratio
+  open-R     open loop: R msg/s offered on a schedule (latency from the scheduled send time,
+             so no coordinated omission) for --open-seconds
+  idle-N     N authenticated idle connections: server RSS growth per connection
+  backlog-N  one device offline while N envelopes are stored, then reconnects: time to all
+  group-N    one sender, an N-device group: fan-out latency (send → last of N devices)
+  two-proc-N N connections, senders on process B, receivers on process A (one Redis, one DB)
+
+Prints a table (msg/s, ratio to raw, p50/p99, CPU µs per message, RSS KB per connection,
+lost) and writes the same figures as JSON (--json).
+
+    .venv/bin/python bench/relay_bench.py --pin --limit --closed 100,1000 --open 1000 \
+        --idle 5000 --backlog 10000 --group 100 --two-proc 1000 --repeat 3 --json docs/performance.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "enigmo.settings")
+
+from tests.live import LiveServer, drop_database, start_live_server  # noqa: E402
+from tests.messaging.live_client import ws_connect  # noqa: E402
+from tests.messaging.seed_pairs import seed  # noqa: E402
+
+SHARED_BENCH = ROOT.parent / "shared" / "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVER_ENV = {"ENIGMO_LOG_LEVEL": "WARNING", "ENIGMO_RATE_LIMITS": "0"}
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def stamp(at: float, size: int) -> str:
+    """An opaque 'ciphertext' whose first 8 bytes carry a send time (for latency)."""
+    return base64.b64encode(struct.pack("!d", at) + b"\x00" * (size - 8)).decode()
+
+
+def stamp_of(frame: dict[str, Any]) -> float:
+    return struct.unpack("!d", base64.b64decode(frame["ciphertext"][:12])[:8])[0]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
+
+
+class Servers:
+    """One or two daphne processes on one fresh database; server 0 pinned to core 0."""
+
+    def __init__(self, args: argparse.Namespace, count: int = 1) -> None:
+        self.args, self.count = args, count
+        self.list: list[LiveServer] = []
+
+    def __enter__(self) -> Servers:
+        first = start_live_server(SERVER_ENV)
+        self.list.append(first)
+        for _ in range(self.count - 1):
+            self.list.append(start_live_server(SERVER_ENV, database_url=first.database_url))
+        print(f"  server pids: {' '.join(str(s.process.pid) for s in self.list)}", flush=True)
+        if self.args.pin:
+            for i, server in enumerate(self.list):
+                subprocess.run(["taskset", "-apc", str(i % 2), str(server.process.pid)], check=False, capture_output=True)
+            os.sched_setaffinity(0, {1})
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for server in self.list:
+            server.stop()
+        drop_database(self.list[0].database_url)
+        if self.args.pin:
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+    def cpu(self) -> float:
+        return sum(proc_cpu_seconds(s.process.pid) for s in self.list)
+
+
+class Device:
+    """One authenticated socket: acks every envelope, records first arrivals, knows when its
+    queue is drained (first backlog frame with has_more false)."""
+
+    def __init__(self, ws: Any, ack: bool = True) -> None:
+        self.ws, self.ack = ws, ack
+        self.ready = asyncio.Event()
+        self.seen: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task = asyncio.create_task(self.run())
+        self.on_envelope: Any = None
+        self.to_ack: list[str] = []
+
+    async def run(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                kind = frame.get("type")
+                if kind == "envelope":
+                    if frame["id"] not in self.seen:
+                        now = time.perf_counter()
+                        self.seen[frame["id"]] = now
+                        self.latencies.append(now - stamp_of(frame))
+                        if self.on_envelope:
+                            self.on_envelope(frame, now)
+                    if self.ack:  # like a real client: one ack frame for what arrived in one read burst
+                        self.to_ack.append(frame["id"])
+                        if len(self.to_ack) == 1:
+                            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.flush_acks()))
+                elif kind == "backlog":
+                    if not frame["has_more"]:
+                        self.ready.set()
+                elif kind in ("sent", "error"):
+                    self.replies.put_nowait(frame)
+        except Exception:
+            pass
+
+    async def flush_acks(self) -> None:
+        ids, self.to_ack = self.to_ack, []
+        if ids:
+            try:
+                await self.ws.send(json.dumps({"type": "ack", "ids": ids}))
+            except Exception:
+                pass
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await self.ws.close()
+
+
+async def connect_one(url: str, token: str) -> Any:
+    for attempt in range(5):  # a handshake dropped under a connect storm is retried, as a client would
+        try:
+            return await ws_connect(url, token)
+        except (OSError, asyncio.TimeoutError, Exception):
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
+
+
+async def connect(url: str, tokens: list[str], ack: bool = True) -> list[Device]:
+    out: list[Device] = []
+    for start in range(0, len(tokens), 100):
+        sockets = await asyncio.gather(*(connect_one(url, t) for t in tokens[start : start + 100]))
+        out += [Device(ws, ack) for ws in sockets]
+    await asyncio.wait_for(asyncio.gather(*(d.ready.wait() for d in out)), 120)
+    return out
+
+
+def send_frame(chat: str, to: str, at: float, size: int, device_id: int = 1) -> str:
+    return json.dumps(
+        {
+            "type": "send",
+            "conversation_id": chat,
+            "client_message_id": str(uuid.uuid4()),
+            "recipients": [{"user_id": to, "device_id": device_id, "ciphertext": stamp(at, size)}],
+        }
+    )
+
+
+async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) -> dict[str, Any]:
+    pairs = conns // 2
+    with Servers(args, processes) as servers:
+        base_rss = proc_kb(servers.list[0].process.pid, "VmRSS")
+        cast = await asyncio.to_thread(seed, servers.list[0].database_url, pairs, uuid.uuid4().hex[:6])
+        rx_url, tx_url = servers.list[0].ws_url, servers.list[-1].ws_url
+        receivers = await connect(rx_url, [rx for _, rx, _, _, _ in cast])
+        senders = await connect(tx_url, [tx for tx, _, _, _, _ in cast])
+        await asyncio.sleep(1)
+        rss_per_conn = sum(proc_kb(s.process.pid, "VmRSS") for s in servers.list) - base_rss * processes
+        stored: set[str] = set()
+        expected = pairs * args.messages
+
+        async def sender(device: Device, chat: str, to: str) -> None:
+            in_flight, remaining = 0, args.messages
+            while remaining or in_flight:
+                while remaining and in_flight < args.window:
+                    await device.ws.send(send_frame(chat, to, time.perf_counter(), args.size))
+                    in_flight, remaining = in_flight + 1, remaining - 1
+                reply = await device.replies.get()
+                in_flight -= 1
+                if reply["type"] == "sent":
+                    stored.add(reply["id"])
+                else:
+                    print("error:", reply, file=sys.stderr)
+
+        cpu0, t0 = servers.cpu(), time.perf_counter()
+        await asyncio.gather(*(sender(d, chat, to) for d, (_, _, chat, _, to) in zip(senders, cast, strict=True)))
+        deadline = time.monotonic() + args.drain_seconds
+        while sum(len(r.seen) for r in receivers) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        last = max((max(r.seen.values(), default=t0) for r in receivers), default=t0)
+        wall, cpu = last - t0, servers.cpu() - cpu0
+        received = set().union(*(r.seen for r in receivers))
+        latencies = [x for r in receivers for x in r.latencies]
+        for device in receivers + senders:
+            await device.close()
+    n = len(received)
+    return {
+        "msgs_per_s": n / wall if wall > 0 else 0.0,
+        "p50_ms": 1000 * pct(latencies, 0.5),
+        "p99_ms": 1000 * pct(latencies, 0.99),
+        "cpu_us_per_msg": 1e6 * cpu / n if n else float("nan"),
+        "rss_kb_per_conn": rss_per_conn / conns,
+        "stored": len(stored),
+        "delivered": n,
+        "lost": len(stored - received),
+    }
+
+
+async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    pairs = args.open_conns // 2
+    with Servers(args) as servers:
+        server = servers.list[0]
+        cast = await asyncio.to_thread(seed, server.database_url, pairs, uuid.uuid4().hex[:6])
+        receivers = await connect(server.ws_url, [rx for _, rx, _, _, _ in cast])
+        senders = await connect(server.ws_url, [tx for tx, _, _, _, _ in cast])
+        await asyncio.sleep(1)
+        total = int(rate * args.open_seconds)
+        stored: set[str] = set()
+        start = time.perf_counter() + 0.2
+        cpu0 = servers.cpu()
+
+        async def drain_replies(device: Device, count: int) -> None:
+            for _ in range(count):
+                reply = await device.replies.get()
+                if reply["type"] == "sent":
+                    stored.add(reply["id"])
+
+        counts = [total // pairs + (1 if i < total % pairs else 0) for i in range(pairs)]
+        readers = [asyncio.create_task(drain_replies(d, c)) for d, c in zip(senders, counts, strict=True)]
+        for k in range(total):
+            at = start + k / rate  # the scheduled time: latency includes any lateness of ours
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            i = k % pairs
+            _, _, chat, _, to = cast[i]
+            await senders[i].ws.send(send_frame(chat, to, at, args.size))
+        await asyncio.wait_for(asyncio.gather(*readers), args.drain_seconds)
+        deadline = time.monotonic() + args.drain_seconds
+        while sum(len(r.seen) for r in receivers) < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        cpu = servers.cpu() - cpu0
+        received = set().union(*(r.seen for r in receivers))
+        latencies = [x for r in receivers for x in r.latencies]
+        for device in receivers + senders:
+            await device.close()
+    return {
+        "msgs_per_s": rate,
+        "p50_ms": 1000 * pct(latencies, 0.5),
+        "p99_ms": 1000 * pct(latencies, 0.99),
+        "cpu_us_per_msg": 1e6 * cpu / max(1, len(received)),
+        "stored": len(stored),
+        "delivered": len(received),
+        "lost": len(stored - received),
+    }
+
+
+async def idle(args: argparse.Namespace, conns: int) -> dict[str, Any]:
+    with Servers(args) as servers:
+        server = servers.list[0]
+        base = proc_kb(server.process.pid, "VmRSS")
+        cast = await asyncio.to_thread(seed, server.database_url, conns // 2, uuid.uuid4().hex[:6])
+        devices = await connect(server.ws_url, [t for tx, rx, _, _, _ in cast for t in (tx, rx)])
+        await asyncio.sleep(2)
+        rss = proc_kb(server.process.pid, "VmRSS")
+        for device in devices:
+            await device.close()
+    return {"rss_kb_per_conn": (rss - base) / conns, "rss_mib": rss / 1024, "lost": 0}
+
+
+async def backlog(args: argparse.Namespace, count: int) -> dict[str, Any]:
+    with Servers(args) as servers:
+        server = servers.list[0]
+        (tx, rx, chat, _, to), = await asyncio.to_thread(seed, server.database_url, 1, uuid.uuid4().hex[:6])
+        (sender,) = await connect(server.ws_url, [tx])
+        stored: set[str] = set()
+        in_flight = sent = 0
+        while sent < count or in_flight:
+            while sent < count and in_flight < 64:
+                await sender.ws.send(send_frame(chat, to, time.perf_counter(), args.size))
+                sent, in_flight = sent + 1, in_flight + 1
+            reply = await sender.replies.get()
+            in_flight -= 1
+            if reply["type"] == "sent":
+                stored.add(reply["id"])
+        t0 = time.perf_counter()
+        (receiver,) = await connect(server.ws_url, [rx])
+        deadline = time.monotonic() + args.drain_seconds
+        while len(receiver.seen) < len(stored) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        seconds = max(receiver.seen.values(), default=t0) - t0
+        got = set(receiver.seen)
+        await sender.close()
+        await receiver.close()
+    return {"seconds": seconds, "msgs_per_s": len(got) / seconds if seconds else 0.0, "stored": len(stored), "delivered": len(got), "lost": len(stored - got)}
+
+
+GROUP_SEED = """
+import json, secrets
+from django.contrib.auth import get_user_model
+from keys.models import Device, IdentityKey
+from messaging.models import Conversation, Participant
+User = get_user_model()
+n = {n}
+users = User.objects.bulk_create([User(username=f"g{tag}{{i}}") for i in range(n)])
+tokens = [secrets.token_urlsafe(32) for _ in users]
+devices = Device.objects.bulk_create([Device(user=u, device_id=1, name="g", token_hash=Device.hash_token(t)) for u, t in zip(users, tokens)])
+IdentityKey.objects.bulk_create([IdentityKey(user=d.user, device=d, kind=IdentityKey.Kind.DEVICE, public_key=secrets.token_bytes(32), certificate=secrets.token_bytes(64), issued_ms=0) for d in devices])
+c = Conversation.objects.create(kind="group", created_by=users[0])
+Participant.objects.bulk_create([Participant(conversation=c, user=u, role="admin" if i == 0 else "member") for i, u in enumerate(users)])
+print(json.dumps([str(c.public_id), [u.username for u in users], tokens]))
+"""
+
+
+async def group(args: argparse.Namespace, members: int) -> dict[str, Any]:
+    """One sender and members-1 other devices of one group (members devices in all)."""
+    with Servers(args) as servers:
+        server = servers.list[0]
+        out = await asyncio.to_thread(server.shell, GROUP_SEED.format(n=members, tag=uuid.uuid4().hex[:6]))
+        chat, names, tokens = json.loads(out.strip().splitlines()[-1])
+        devices = await connect(server.ws_url, tokens)
+        sender, others = devices[0], devices[1:]
+        fanouts: list[float] = []
+        stored: set[str] = set()
+        for _ in range(args.group_messages):
+            at = time.perf_counter()
+            frame = {
+                "type": "send",
+                "conversation_id": chat,
+                "client_message_id": str(uuid.uuid4()),
+                "recipients": [{"user_id": name, "device_id": 1, "ciphertext": stamp(at, args.size)} for name in names[1:]],
+            }
+            await sender.ws.send(json.dumps(frame))
+            reply = await sender.replies.get()
+            if reply["type"] != "sent":
+                print("error:", reply, file=sys.stderr)
+                continue
+            stored.add(reply["id"])
+            deadline = time.monotonic() + 10
+            while not all(reply["id"] in d.seen for d in others) and time.monotonic() < deadline:
+                await asyncio.sleep(0.0005)
+            fanouts.append(max(d.seen.get(reply["id"], float("inf")) for d in others) - at)
+        lost = sum(1 for mid in stored for d in others if mid not in d.seen)
+        for device in devices:
+            await device.close()
+    return {"p50_ms": 1000 * pct(fanouts, 0.5), "p99_ms": 1000 * pct(fanouts, 0.99), "stored": len(stored), "lost": lost}
+
+
+def limit_run(args: argparse.Namespace, conns: int) -> dict[str, Any] | None:
+    """The raw relay with the same shape (connections, messages per sender, size, window)."""
+    relay, load = SHARED_BENCH / "relay_limit.py", SHARED_BENCH / "wsload.py"
+    if not (relay.exists() and load.exists()):
+        print("relay_limit.py / wsload.py not found; skipping the limit", file=sys.stderr)
+        return None
+    port = 18765
+    result_path = Path(f"/tmp/relay-limit-{os.getpid()}.json")
+    result_path.unlink(missing_ok=True)
+    pin = ["taskset", "-c", "0"] if args.pin else []
+    server = subprocess.Popen([*pin, sys.executable, str(relay), "--mode", "direct", "--port", str(port), "--loop", "asyncio"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        driver = ["taskset", "-c", "1"] if args.pin else []
+        cmd = [*driver, sys.executable, str(load), "--url", f"ws://127.0.0.1:{port}/ws/%ID%", "--conns", str(conns), "--messages", str(args.messages), "--size", str(args.size), "--window", str(args.window), "--loop", "asyncio", "--watch", f"relay={server.pid}", "--json", str(result_path)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        try:
+            raw = json.loads(result_path.read_text().strip().splitlines()[-1])
+        except (ValueError, IndexError, OSError):
+            print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
+            return None
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    watched = next(iter(raw.get("servers", {}).values()), {})
+    return {
+        "msgs_per_s": float(raw.get("msgs_per_s") or 0),
+        "p50_ms": raw["lat_ms"]["p50"],
+        "p99_ms": raw["lat_ms"]["p99"],
+        "cpu_us_per_msg": watched.get("cpu_us_per_msg"),
+        "rss_kb_per_conn": 1024 * (watched.get("rss_connected_mb", 0) - watched.get("rss_before_mb", 0)) / conns,
+        "lost": raw.get("lost"),
+    }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": len(runs)}
+    for key in runs[0]:
+        values = [r[key] for r in runs if isinstance(r.get(key), int | float)]
+        if values:
+            out[key] = statistics.median(values)
+    if "lost" in runs[0]:
+        out["lost"] = max(r["lost"] or 0 for r in runs)  # the worst run, not the median
+    return out
+
+
+async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+
+    async def repeat(name: str, base: dict[str, Any], job: Any) -> dict[str, Any]:
+        runs = []
+        for i in range(args.repeat):
+            runs.append(await job())
+            print(f"  {name} run {i + 1}: {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in runs[-1].items()})}", flush=True)
+        row = {"config": name, **base, **median_of(runs)}
+        results.append(row)
+        return row
+
+    for conns in args.closed:
+        if args.limit:
+            raw_runs = []
+            en_runs = []
+            for i in range(args.repeat):  # interleaved: the raw relay and Enigmo in the same repetition
+                en_runs.append(await closed_loop(args, conns))
+                raw = await asyncio.to_thread(limit_run, args, conns)
+                if raw:
+                    raw_runs.append(raw)
+                    en_runs[-1]["ratio_to_raw"] = en_runs[-1]["msgs_per_s"] / raw["msgs_per_s"] if raw["msgs_per_s"] else None
+                print(f"  closed-{conns} run {i + 1}: enigmo {en_runs[-1]['msgs_per_s']:.0f} msg/s, raw {raw['msgs_per_s'] if raw else '—'}", flush=True)
+            results.append({"config": f"closed-{conns}", "conns": conns, "profile": args.profile, **median_of(en_runs)})
+            if raw_runs:
+                results.append({"config": f"raw-closed-{conns}", "conns": conns, "profile": "raw websockets relay", **median_of(raw_runs), "ratio_to_raw": 1.0})
+        else:
+            await repeat(f"closed-{conns}", {"conns": conns, "profile": args.profile}, lambda c=conns: closed_loop(args, c))
+    for rate in args.open:
+        await repeat(f"open-{rate:g}", {"conns": args.open_conns, "profile": args.profile, "offered_msgs_per_s": rate}, lambda r=rate: open_loop(args, r))
+    for conns in args.idle:
+        await repeat(f"idle-{conns}", {"conns": conns, "profile": args.profile}, lambda c=conns: idle(args, c))
+    for count in args.backlog:
+        await repeat(f"backlog-{count}", {"conns": 2, "profile": args.profile, "envelopes": count}, lambda c=count: backlog(args, c))
+    for members in args.group:
+        await repeat(f"group-{members}", {"conns": members, "profile": args.profile, "messages": args.group_messages}, lambda m=members: group(args, m))
+    for conns in args.two_proc:
+        await repeat(f"two-proc-{conns}", {"conns": conns, "profile": args.profile + ", 2 daphne processes"}, lambda c=conns: closed_loop(args, c, processes=2))
+    return results
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    def f(row: dict[str, Any], key: str, fmt: str) -> str:
+        value = row.get(key)
+        return format(value, fmt) if isinstance(value, int | float) else "—"
+
+    lines = [
+        "| config | conns | msg/s | ratio to raw | p50 ms | p99 ms | CPU µs/msg | RSS KB/conn | other | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results:
+        other = f"{row['seconds']:.2f} s to drain" if "seconds" in row else (f"{row['rss_mib']:.0f} MiB total" if "rss_mib" in row else "")
+        lines.append(
+            f"| {row['config']} | {row.get('conns', '')} | {f(row, 'msgs_per_s', '.0f')} | {f(row, 'ratio_to_raw', '.3f')} | {f(row, 'p50_ms', '.1f')} | "
+            f"{f(row, 'p99_ms', '.1f')} | {f(row, 'cpu_us_per_msg', '.0f')} | {f(row, 'rss_kb_per_conn', '.1f')} | {other} | {f(row, 'lost', 'd') if isinstance(row.get('lost'), int) else row.get('lost', '—')} |"
+        )
+    return "\n".join(lines)
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--closed", type=ints, default=[100, 1000], help="closed-loop connection counts (comma-separated)")
+    parser.add_argument("--open", type=lambda s: [float(x) for x in s.split(",") if x], default=[], help="open-loop offered msg/s")
+    parser.add_argument("--open-conns", type=int, default=1000)
+    parser.add_argument("--open-seconds", type=float, default=10)
+    parser.add_argument("--idle", type=ints, default=[], help="idle connection counts (RSS per connection)")
+    parser.add_argument("--backlog", type=ints, default=[], help="queued envelopes for one reconnecting device")
+    parser.add_argument("--group", type=ints, default=[], help="group sizes in devices (fan-out latency)")
+    parser.add_argument("--group-messages", type=int, default=100)
+    parser.add_argument("--two-proc", type=ints, default=[], help="connection counts across two processes")
+    parser.add_argument("--pairs", type=int, help="shorthand for --closed 2×PAIRS (one closed-loop configuration)")
+    parser.add_argument("--messages", type=int, default=10, help="envelopes per sender (closed loop)")
+    parser.add_argument("--size", type=int, default=300, help="ciphertext bytes")
+    parser.add_argument("--window", type=int, default=4, help="frames in flight per sender (closed loop)")
+    parser.add_argument("--drain-seconds", type=float, default=60)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--pin", action="store_true", help="server on core 0, driver on core 1 (taskset)")
+    parser.add_argument("--limit", action="store_true", help="also measure ../shared/bench/relay_limit.py in the same run")
+    parser.add_argument("--json", help="write the results here (a JSON list, one object per configuration)")
+    args = parser.parse_args()
+    if args.pairs:
+        args.closed = [2 * args.pairs]
+    args.profile = "production (PostgreSQL + Redis)" if os.environ.get("REDIS_URL") else "embedded (SQLite + in-memory layer)"
+    print(f"profile: {args.profile}; {args.size} B ciphertexts, window {args.window}, {args.repeat} repetition(s)", flush=True)
+    results = asyncio.run(run_all(args))
+    print(table(results))
+    if args.json:
+        meta = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), "nproc": os.cpu_count(), "loadavg": os.getloadavg()}
+        Path(args.json).write_text(json.dumps([{**row, **meta} for row in results], indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Enigmo: an end-to-end encrypted messenger whose server never sees plaintext."""

@@ -1,0 +1,1 @@
+"""Conversations, envelopes, receipts and the real-time relay."""

@@ -1,0 +1,722 @@
+"""The relay socket: authenticates a device, drains its queue from the database in order, and
+forwards live events. Channel-layer messages are only nudges; a lost one is recovered by the
+periodic re-check, so nothing depends on the layer delivering (BRIEF §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import functools
+import json
+import logging
+import threading
+import time
+import uuid
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlparse
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.security.websocket import OriginValidator
+from channels.utils import await_many_dispatch
+from django.conf import settings
+from django.core.cache import cache
+from django.db import close_old_connections, connections
+from rest_framework import serializers
+
+from enigmo import ratelimit
+from enigmo.errors import EnigmoError, RateLimited, ValidationFailed, as_enigmo_error
+from enigmo.realtime import device_group, user_group
+from keys.authentication import device_for_session, device_for_token
+from keys.models import Device
+from keys.signatures import b64decode
+from messaging import presence, relay, selectors, services
+from messaging.apis import SendInput, send_kwargs
+from messaging.events import OUTBOX
+
+logger = logging.getLogger("enigmo.relay")
+
+PAGE_SIZE = 200
+WINDOW = 1000  # envelopes sent on a connection and not yet acknowledged
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_REPLACED = 4409
+CLOSE_TOO_BIG = 1009
+CLOSE_POLICY = 1008  # a flood: more frames than settings.WS_FRAME_RATE allows
+
+
+def tick_seconds() -> float:
+    """How often the process re-checks its sockets' queues, refreshes their presence and
+    re-validates their devices (one housekeeping pass for all sockets, see Housekeeper)."""
+    return float(settings.RELAY_TICK_SECONDS)
+
+
+def _current_key(device_pk: int) -> str:
+    return f"ws:current:{device_pk}"
+
+
+def _client_ip(scope: Any) -> str:
+    client = scope.get("client") or ("unknown",)
+    return str(client[0])
+
+
+def _origin_allowed(origin: bytes) -> bool:
+    parsed = urlparse(origin.decode("latin-1").lower())
+    return OriginValidator(None, settings.WS_ALLOWED_ORIGINS).valid_origin(parsed)
+
+
+# --- ORM calls, named and wrapped for async --------------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+_thread_state = threading.local()
+
+
+def db_threads() -> int:
+    """Database worker threads per process (ENIGMO_RELAY_DB_THREADS). Socket work is bound by
+    database round trips, so several connections in parallel beat Channels' single thread."""
+    configured = settings.RELAY_DB_THREADS
+    if configured:
+        return max(1, int(configured))
+    return 8 if connection_vendor() == "postgresql" else 2
+
+
+def connection_vendor() -> str:
+    from django.db import connection
+
+    return connection.vendor
+
+
+def _db_executor() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=db_threads(), thread_name_prefix="relay-db")
+        return _executor
+
+
+def reset_db_executor() -> None:
+    """Close every worker's database connection and stop the workers (tests, shutdown)."""
+    global _executor
+    with _executor_lock:
+        executor, _executor = _executor, None
+    if executor is None:
+        return
+    barrier = threading.Barrier(executor._max_workers)
+
+    def close() -> None:
+        try:
+            barrier.wait(timeout=2)
+        except threading.BrokenBarrierError:
+            pass
+        connections.close_all()
+
+    for _ in range(executor._max_workers):
+        executor.submit(close)
+    executor.shutdown(wait=True)
+
+
+def _in_db_thread(func: Any, *args: Any, **kwargs: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
+    """Run one service call; collect its events instead of sending them from this thread.
+    Stale connections are recycled at most every few seconds, not around every call (each
+    recycle costs a health-check round trip with CONN_HEALTH_CHECKS)."""
+    now = time.monotonic()
+    if now - getattr(_thread_state, "last_cleanup", 0.0) > 5:
+        close_old_connections()
+        _thread_state.last_cleanup = now
+    box: list[tuple[str, dict[str, Any]]] = []
+    token = OUTBOX.set(box)
+    try:
+        return func(*args, **kwargs), box
+    finally:
+        OUTBOX.reset(token)
+
+
+_layer_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def layer_concurrency() -> int:
+    """Channel-layer calls in flight per process (ENIGMO_RELAY_LAYER_CONCURRENCY), kept under
+    the Redis pool size: redis-py's pool raises "Too many connections" instead of waiting,
+    which is what kills channels-redis consumers at 1,000 sockets (BRIEF §6)."""
+    return int(settings.RELAY_LAYER_CONCURRENCY)
+
+
+async def layer_call(method: str, *args: Any) -> None:
+    """One channel-layer call through the gate, retried briefly on pool or connection errors."""
+    loop = asyncio.get_running_loop()
+    gate = _layer_gates.get(loop)
+    if gate is None:
+        gate = _layer_gates[loop] = asyncio.Semaphore(layer_concurrency())
+    layer = get_channel_layer()
+    for attempt in range(5):
+        try:
+            async with gate:
+                await getattr(layer, method)(*args)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if attempt == 4:
+                raise
+            logger.warning("channel layer %s failed error=%s; retrying", method, type(exc).__name__)
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
+async def db(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call `func` in the database thread, then publish the events it produced from the loop."""
+    loop = asyncio.get_running_loop()
+    call = contextvars.copy_context().run
+    result, box = await loop.run_in_executor(_db_executor(), functools.partial(call, _in_db_thread, func, *args, **kwargs))
+    if box:
+        outcomes = await asyncio.gather(*(layer_call("group_send", group, event) for group, event in box), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):  # a lost nudge is recovered by the next drain
+                logger.warning("channel layer send failed error=%s", type(outcome).__name__)
+    return result
+
+
+
+def _authenticate(token: str | None, session: Any) -> Device | None:
+    device = device_for_token(token) if token else device_for_session(session)
+    if device is not None:
+        device.user  # noqa: B018 - loaded here, not in the event loop
+    return device
+
+
+def _still_valid(device_pk: int, token_hash: str | None, session: Any) -> bool:
+    devices = Device.objects.filter(pk=device_pk, revoked_at__isnull=True, user__is_active=True, token_hash__isnull=False)
+    if token_hash is not None:
+        return devices.filter(token_hash=token_hash).exists()
+    return devices.exists() and session is not None and session.session_key is not None and session.exists(session.session_key)
+
+
+def _on_disconnect(device: Device, channel_name: str) -> None:
+    if cache.get(_current_key(device.pk)) == channel_name:
+        cache.delete(_current_key(device.pk))
+        services.presence_publish(device=device, online=False)
+
+
+def _housekeep(sockets: list[tuple[int, int, str, str | None, Any]], revalidate: bool) -> tuple[set[int], set[int], set[int]]:
+    """One pass for all of a process's sockets [(device pk, user pk, channel name, token hash,
+    session)]: refresh their presence and their claim on their device, and find the sockets to
+    close. Returns (replaced, invalid, with pending envelopes) as device pks. A handful of bulk
+    round trips, whatever the number of sockets."""
+    keys = {pk: _current_key(pk) for pk, *_ in sockets}
+    current = cache.get_many(list(keys.values()))
+    replaced = {pk for pk, _, channel, _, _ in sockets if current.get(keys[pk]) not in (None, channel)}
+    alive = [socket for socket in sockets if socket[0] not in replaced]
+    cache.set_many({keys[pk]: channel for pk, _, channel, _, _ in alive}, 3 * tick_seconds() + 30)
+    presence.devices_online([(user_pk, pk) for pk, user_pk, *_ in alive])
+    invalid: set[int] = set()
+    if revalidate:  # device.closed is the fast path; this is the backstop if it was lost
+        tokens = dict(
+            Device.objects.filter(
+                pk__in=[pk for pk, *_ in alive], revoked_at__isnull=True, user__is_active=True, token_hash__isnull=False
+            ).values_list("pk", "token_hash")
+        )
+        for pk, _, _, token_hash, session in alive:
+            if pk not in tokens:
+                invalid.add(pk)
+            elif token_hash is not None:
+                if tokens[pk] != token_hash:
+                    invalid.add(pk)
+            elif session is None or session.session_key is None or not session.exists(session.session_key):
+                invalid.add(pk)
+    pending = selectors.devices_with_pending(device_pks=[pk for pk, *_ in alive if pk not in invalid])
+    return replaced, invalid, pending
+
+
+class Housekeeper:
+    """The periodic work of every socket of this process in one task: a socket costs no timer
+    of its own, and 1,000 sockets cost a few bulk queries per period instead of 1,000 × 3
+    round trips spread over it."""
+
+    CHUNK = 500
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self.task = loop.create_task(self.run())
+
+    async def run(self) -> None:
+        passes = 0
+        while True:
+            await asyncio.sleep(tick_seconds())
+            passes += 1
+            try:
+                await self.sweep(revalidate=passes % 2 == 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("relay housekeeping failed")
+
+    async def sweep(self, revalidate: bool) -> None:
+        sockets = [consumer for consumer in relay.devices.values() if not consumer.closing]
+        stale_before = time.monotonic() - tick_seconds() / 2
+        for start in range(0, len(sockets), self.CHUNK):
+            chunk = sockets[start : start + self.CHUNK]
+            rows = [(c.device.pk, c.device.user_id, c.channel_name, c.token_hash, c.session) for c in chunk]
+            replaced, invalid, pending = await db(_housekeep, rows, revalidate)
+            for consumer in chunk:
+                pk = consumer.device.pk
+                if pk in replaced:
+                    await consumer.shut(CLOSE_REPLACED)
+                elif pk in invalid:
+                    await consumer.shut(CLOSE_UNAUTHENTICATED)
+                elif pk in pending and consumer.last_drained < stale_before:
+                    consumer.wake()  # recovers any nudge the channel layer lost
+
+
+HOUSEKEEPER = Housekeeper()
+
+
+def _pending_page(device_pk: int, exclude: list[int], limit: int, heads_of_user: int | None = None) -> tuple[list[tuple[int, tuple[str, str, int | None], int, str]], bool, dict[str, int]]:
+    # Read before the page: every envelope up to these seqs is committed, so the page sees it.
+    heads = selectors.conversation_heads(user_pk=heads_of_user) if heads_of_user is not None else {}
+    frames, has_more = selectors.pending_page_with_senders(device_pk=device_pk, exclude=exclude, limit=limit)
+    out = []
+    for delivery_pk, frame, sender_pk in frames:
+        if frame["ciphertext"] is not None:
+            frame["ciphertext"] = base64.b64encode(frame["ciphertext"]).decode()
+        out.append((delivery_pk, (frame["id"], frame["conversation_id"], sender_pk), frame["seq"], json.dumps(frame)))
+    return out, has_more, heads
+
+
+# --- input frames ----------------------------------------------------------------------------
+
+
+class _SendFrame(SendInput):
+    conversation_id = serializers.CharField(max_length=64)
+
+
+class _AckFrame(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.CharField(max_length=64), max_length=WINDOW)
+
+
+class _TypingFrame(serializers.Serializer):
+    conversation_id = serializers.CharField(max_length=64)
+    state = serializers.ChoiceField(choices=["started", "stopped"])
+
+
+class _ReadFrame(serializers.Serializer):
+    message_id = serializers.CharField(max_length=64)
+
+
+class _MarkReadFrame(serializers.Serializer):
+    conversation_id = serializers.CharField(max_length=64)
+    seq = serializers.IntegerField(min_value=0)
+
+
+class _Address(serializers.Serializer):
+    user_id = serializers.CharField(max_length=150)
+    device_id = serializers.IntegerField(min_value=1, max_value=2**32 - 1)
+
+
+class _CallFrame(serializers.Serializer):
+    conversation_id = serializers.CharField(max_length=64)
+    call_id = serializers.CharField(max_length=64, required=False, allow_null=True, default=None)
+    action = serializers.ChoiceField(choices=["offer", "answer", "ice", "end", "decline"])
+    media = serializers.ChoiceField(choices=["audio", "video"], required=False, allow_null=True, default=None)
+    to = _Address(many=True, max_length=200)
+    payload = serializers.CharField(allow_blank=True, max_length=256 * 1024, default="")
+
+
+def _plain_string(value: Any, max_length: int) -> bool:
+    """What a DRF CharField would accept unchanged: a non-blank str, already stripped, no NUL."""
+    return isinstance(value, str) and 0 < len(value) <= max_length and value == value.strip() and "\x00" not in value
+
+
+def _plain_int(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _fast_send(frame: dict[str, Any]) -> dict[str, Any] | None:
+    """The common send frame (no reply, reaction or attachment), validated without DRF's
+    per-call field copies; it accepts only what _SendFrame accepts with the same result.
+    Anything else → None, and the frame goes through _SendFrame (same answers as before)."""
+    conversation_id, recipients = frame.get("conversation_id"), frame.get("recipients")
+    kind = frame.get("kind", "message")
+    expires_in = frame.get("expires_in")
+    if (
+        not _plain_string(conversation_id, 64)
+        or kind not in ("message", "control")
+        or frame.get("reply_to") is not None
+        or frame.get("reaction_to") is not None
+        or frame.get("attachments", []) != []
+        or not (expires_in is None or _plain_int(expires_in, 1, services.MAX_EXPIRES_SECONDS))
+        or not isinstance(recipients, list)
+        or len(recipients) > 1000
+        or not isinstance(frame.get("client_message_id"), str)
+    ):
+        return None
+    try:
+        client_message_id = uuid.UUID(frame["client_message_id"])
+        out = []
+        for r in recipients:
+            user_id, device_id, ciphertext = r.get("user_id"), r.get("device_id"), r.get("ciphertext")
+            if not (_plain_string(user_id, 150) and _plain_int(device_id, 1, 2**32 - 1) and isinstance(ciphertext, str)):
+                return None
+            out.append(services.RecipientInput(user_id=user_id, device_id=device_id, ciphertext=b64decode(ciphertext)))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return {"conversation_id": conversation_id, "client_message_id": client_message_id, "recipients": out, "kind": kind, "expires_in": expires_in}
+
+
+def _fast_ack_ids(frame: dict[str, Any]) -> list[str] | None:
+    ids = frame.get("ids")
+    if isinstance(ids, list) and len(ids) <= WINDOW and all(_plain_string(i, 64) for i in ids):
+        return ids
+    return None
+
+
+def _valid(serializer_class: type[serializers.Serializer], frame: dict[str, Any]) -> dict[str, Any]:
+    data = serializer_class(data=frame)
+    if not data.is_valid():
+        raise as_enigmo_error(serializers.ValidationError(data.errors)) or ValidationFailed()
+    return dict(data.validated_data)
+
+
+class RelayConsumer(AsyncWebsocketConsumer):
+    """One socket of one device. Client frames are dispatched through an allow-list."""
+
+    device: Device | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' AsyncConsumer.__call__ with a channel-layer receive that survives layer
+        errors: with the configured Redis socket_timeout (5 s) equal to channels-redis's
+        BZPOPMIN timeout (5 s), an idle read can time out; that must not kill the socket."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = self._layer_receive
+        self.base_send = send
+        try:
+            await await_many_dispatch([receive, self.channel_receive], self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch without closing old connections around every frame: this consumer
+        reaches the database only through its own threads, which recycle their connections."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def _layer_receive(self) -> dict[str, Any]:
+        while True:
+            try:
+                return await self.channel_layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # nudges lost meanwhile are recovered by the next drain
+                logger.warning("channel layer receive failed error=%s; retrying", type(exc).__name__)
+                await asyncio.sleep(0.1)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        headers = dict(self.scope.get("headers", []))
+        origin = headers.get(b"origin")
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        token = token.strip() if scheme.lower() in ("token", "bearer") else ""
+        if origin is not None and not _origin_allowed(origin):
+            logger.warning("ws origin refused origin=%s ip=%s", origin.decode("latin-1")[:100], _client_ip(self.scope))
+            await self.close()  # refused at the handshake (403), like Channels' OriginValidator
+            return
+        # The session cookie is a browser's credential: it counts only with an allowed Origin.
+        session = self.scope.get("session") if origin is not None else None
+        device = await db(_authenticate, token or None, session) if (token or session is not None) else None
+        await self.accept()
+        if device is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.device = device
+        self.token_hash = Device.hash_token(token) if token else None
+        self.session = None if token else session
+        # delivery pk → (message id, conversation id, sender user pk): sent on this socket, not acked
+        self.inflight: dict[int, tuple[str, str, int | None]] = {}
+        self.inflight_by_message: dict[str, int] = {}
+        self.catching_up = True
+        self.dirty = False
+        self.last_drained = 0.0
+        self.drainer: asyncio.Task[None] | None = None
+        self.closing = False
+        self.ack_queue: list[tuple[list[str], Any]] = []
+        self.ack_flusher: asyncio.Task[None] | None = None
+        self.frames = ratelimit.FrameBucket()
+        # conversation id → the highest seq this socket has sent or received in it: a live push
+        # of seq s is taken directly only if s follows it, else the queue is read from the database
+        self.conv_last: dict[str, int] = {}
+        # Tell an older socket of this device to go, then join this device's and user's groups.
+        await layer_call("group_send", device_group(device.pk), {"type": "device.replaced", "channel": self.channel_name})
+        await layer_call("group_add", device_group(device.pk), self.channel_name)
+        await layer_call("group_add", user_group(device.user_id), self.channel_name)
+        await db(cache.set, _current_key(device.pk), self.channel_name, 3 * tick_seconds() + 30)
+        relay.register(self)
+        trimmed = await db(_on_connect_after_claim, device)
+        if trimmed:
+            await self.send_json({"type": "trimmed", "count": trimmed})
+        self.wake()
+        HOUSEKEEPER.start()
+
+    async def disconnect(self, code: int) -> None:
+        if self.device is None:
+            return
+        self.closing = True
+        relay.unregister(self)
+        for task in (self.drainer, self.ack_flusher):
+            if task is not None:
+                task.cancel()
+        try:
+            await layer_call("group_discard", device_group(self.device.pk), self.channel_name)
+            await layer_call("group_discard", user_group(self.device.user_id), self.channel_name)
+            await db(_on_disconnect, self.device, self.channel_name)
+        except Exception:
+            logger.exception("presence update on disconnect failed")
+
+    async def shut(self, code: int) -> None:
+        if not self.closing:
+            self.closing = True
+            await self.close(code=code)
+
+    # --- the queue: database first, nudges only wake the drain ------------------------------------
+
+    def wake(self) -> None:
+        self.dirty = True
+        if self.drainer is None or self.drainer.done():
+            self.drainer = asyncio.create_task(self.drain())
+
+    async def drain(self) -> None:
+        try:
+            while self.dirty and not self.closing:
+                self.dirty = False
+                while not self.closing:
+                    room = WINDOW - len(self.inflight)
+                    if room <= 0:
+                        break  # an ack makes room and wakes the drain again
+                    first = self.catching_up and not self.conv_last
+                    page, has_more, heads = await db(
+                        _pending_page, self.device.pk, list(self.inflight), min(PAGE_SIZE, room), self.device.user_id if first else None
+                    )
+                    for conversation, head in heads.items():
+                        if head > self.conv_last.get(conversation, 0):
+                            self.conv_last[conversation] = head
+                    for delivery_pk, meta, seq, text in page:
+                        if self.closing:
+                            return
+                        self.inflight[delivery_pk] = meta
+                        self.inflight_by_message[meta[0]] = delivery_pk
+                        if seq > self.conv_last.get(meta[1], 0):
+                            self.conv_last[meta[1]] = seq
+                        await self.send(text_data=text)
+                    if self.catching_up:
+                        await self.send_json({"type": "backlog", "has_more": has_more})
+                        self.catching_up = has_more
+                    if not has_more:
+                        break
+            self.last_drained = time.monotonic()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("relay drain failed device=%s", self.device.pk if self.device else None)
+            self.dirty = True  # the next tick or nudge retries
+
+    async def push(self, delivery_pk: int, meta: tuple[str, str, int | None], seq: int, text: str) -> None:
+        """A committed envelope from this process's group commit. Sent straight away only when
+        nothing older can be waiting in the database for this socket: caught up, not draining,
+        window open, and the previous seq of the conversation already seen here."""
+        if self.closing:
+            return
+        draining = self.drainer is not None and not self.drainer.done()
+        if self.catching_up or self.dirty or draining or len(self.inflight) >= WINDOW or self.conv_last.get(meta[1]) != seq - 1:
+            self.wake()
+            return
+        self.inflight[delivery_pk] = meta
+        self.inflight_by_message[meta[0]] = delivery_pk
+        self.conv_last[meta[1]] = seq
+        await self.send(text_data=text)
+
+    # --- channel-layer events ---------------------------------------------------------------
+
+    # events other processes may hand to this socket over the relay bus (messaging.relay)
+    LOCAL_EVENTS = frozenset({"relay_nudge", "relay_push", "relay_event", "device_closed", "device_replaced"})
+
+    async def relay_nudge(self, event: dict[str, Any]) -> None:
+        self.wake()
+
+    async def relay_push(self, event: dict[str, Any]) -> None:
+        """A committed envelope from another process's group commit (messaging.relay)."""
+        message_id, conversation_id, sender_pk = event["m"]
+        await self.push(event["d"], (message_id, conversation_id, sender_pk), event["s"], event["t"])
+
+    async def relay_event(self, event: dict[str, Any]) -> None:
+        if event.get("skip_device") != self.device.pk:
+            await self.send_json(event["frame"])
+
+    async def device_closed(self, event: dict[str, Any]) -> None:
+        await self.shut(CLOSE_UNAUTHENTICATED)
+
+    async def device_replaced(self, event: dict[str, Any]) -> None:
+        if event.get("channel") != self.channel_name:
+            await self.shut(CLOSE_REPLACED)
+
+    # --- client frames ----------------------------------------------------------------------
+
+    async def send_json(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(frame))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.device is None or self.closing:
+            return
+        raw = text_data.encode() if text_data is not None else (bytes_data or b"")
+        if len(raw) > settings.MAX_WS_FRAME_BYTES:
+            await self.shut(CLOSE_TOO_BIG)
+            return
+        if not self.frames.allow():
+            logger.warning("ws flood closed user=%s device=%s ip=%s", self.device.user.username, self.device.device_id, _client_ip(self.scope))
+            err = RateLimited(1, "Too many frames; this socket is closed.")
+            await self.send_json({"type": "error", "ref": None, **err.as_dict()})
+            await self.shut(CLOSE_POLICY)
+            return
+        ref = None
+        try:
+            if text_data is None:
+                raise ValidationFailed("Frames are JSON text.")
+            try:
+                frame = json.loads(text_data)
+            except ValueError:
+                raise ValidationFailed("Malformed JSON.") from None
+            if not isinstance(frame, dict):
+                raise ValidationFailed("A frame is a JSON object.")
+            ref = frame.get("ref")
+            if ref is not None and not isinstance(ref, str | int):
+                ref = None
+            handler = self.HANDLERS.get(frame.get("type"))  # type: ignore[arg-type]
+            if handler is None:
+                err = ValidationFailed("Unknown frame type.")
+                err.code = "unknown_type"
+                raise err
+            await handler(self, frame, ref)
+        except Exception as exc:
+            err = as_enigmo_error(exc)
+            if err is None:
+                logger.exception("relay frame failed")
+                err = EnigmoError("The frame could not be processed.")
+                err.code = "internal"
+            await self.send_json({"type": "error", "ref": ref, **err.as_dict()})
+
+    async def on_send(self, frame: dict[str, Any], ref: Any) -> None:
+        fast = _fast_send(frame)
+        if fast is not None:
+            item = services.BatchSend(sender_device=self.device, **fast)
+            await relay.SENDS.submit(item)
+            if item.error is not None:
+                raise item.error
+            answer = item.answer
+            conversation = str(uuid.UUID(fast["conversation_id"]))
+            if self.conv_last.get(conversation) == answer["seq"] - 1:
+                self.conv_last[conversation] = answer["seq"]
+            await self.send_json({"type": "sent", "ref": ref, **answer})
+            return
+        data = _valid(_SendFrame, frame)
+        conversation_id = data.pop("conversation_id")
+        answer, _ = await db(services.message_send,
+            sender_device=self.device, conversation_id=conversation_id, **send_kwargs(data)
+        )
+        await self.send_json({"type": "sent", "ref": ref, **answer})
+
+    async def on_ack(self, frame: dict[str, Any], ref: Any) -> None:
+        ids = _fast_ack_ids(frame)
+        self.ack_queue.append((ids if ids is not None else _valid(_AckFrame, frame)["ids"], ref))
+        if self.ack_flusher is None or self.ack_flusher.done():
+            self.ack_flusher = asyncio.create_task(self.flush_acks())
+
+    async def flush_acks(self) -> None:
+        """Acks arriving while one batch is in the database wait and go together in the next."""
+        while self.ack_queue and not self.closing:
+            batch, self.ack_queue = self.ack_queue, []
+            ids = [mid for ids, _ in batch for mid in ids]
+            known = [self.inflight_by_message[m] for m in ids if m in self.inflight_by_message]
+            others = [m for m in ids if m not in self.inflight_by_message]
+            try:
+                acked, unknown = [], []
+                if known:
+                    sent = [(pk, *self.inflight[pk]) for pk in set(known)]
+                    await relay.ACKS.submit((self.device, sent))
+                    acked = [pk for pk, *_ in sent]
+                if others:
+                    more, unknown = await db(services.deliveries_ack, device=self.device, message_ids=others)
+                    acked += more
+            except Exception as exc:
+                err = as_enigmo_error(exc) or EnigmoError("The acknowledgement could not be stored; send it again.")
+                for _, ref in batch:
+                    await self.send_json({"type": "error", "ref": ref, **err.as_dict()})
+                continue
+            was_full = len(self.inflight) >= WINDOW
+            for pk in acked:
+                meta = self.inflight.pop(pk, None)
+                if meta is not None:
+                    self.inflight_by_message.pop(meta[0], None)
+            if was_full or self.catching_up:
+                self.wake()
+            missing = set(unknown)
+            for frame_ids, ref in batch:
+                theirs = sorted(missing.intersection(frame_ids))
+                if theirs:
+                    err = EnigmoError("Not found.", extra={"ids": theirs})
+                    err.code = "not_found"
+                    await self.send_json({"type": "error", "ref": ref, **err.as_dict()})
+                elif ref is not None:
+                    await self.send_json({"type": "ok", "ref": ref})
+
+    async def on_typing(self, frame: dict[str, Any], ref: Any) -> None:
+        data = _valid(_TypingFrame, frame)
+        await db(services.typing_send, device=self.device, **data)
+        if ref is not None:
+            await self.send_json({"type": "ok", "ref": ref})
+
+    async def on_read(self, frame: dict[str, Any], ref: Any) -> None:
+        data = _valid(_ReadFrame, frame)
+        await db(services.message_read, device=self.device, **data)
+        if ref is not None:
+            await self.send_json({"type": "ok", "ref": ref})
+
+    async def on_mark_read(self, frame: dict[str, Any], ref: Any) -> None:
+        data = _valid(_MarkReadFrame, frame)
+        seq = await db(services.conversation_mark_read, device=self.device, **data)
+        if ref is not None:
+            await self.send_json({"type": "ok", "ref": ref, "seq": seq})
+
+    async def on_call(self, frame: dict[str, Any], ref: Any) -> None:
+        data = _valid(_CallFrame, frame)
+        data["to"] = [(a["user_id"], a["device_id"]) for a in data["to"]]
+        call = await db(services.call_signal, device=self.device, **data)
+        await self.send_json({"type": "ok", "ref": ref, "call_id": str(call.public_id), "status": call.status})
+
+    async def on_ping(self, frame: dict[str, Any], ref: Any) -> None:
+        await self.send_json({"type": "pong", "ref": ref})
+
+    HANDLERS = {
+        "send": on_send,
+        "ack": on_ack,
+        "typing": on_typing,
+        "read": on_read,
+        "mark_read": on_mark_read,
+        "call": on_call,
+        "ping": on_ping,
+    }
+
+
+def _on_connect_after_claim(device: Device) -> int:
+    services.device_queue_trim(device_pk=device.pk)
+    services.presence_publish(device=device, online=True)
+    return services.device_queue_take_trimmed(device_pk=device.pk)

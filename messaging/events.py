@@ -1,0 +1,26 @@
+"""Publishing relay events after commit. Inside a socket's database call the events are
+collected instead, so the consumer sends them from the event loop and the single database
+thread never waits on a channel-layer round trip."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import transaction
+
+from enigmo.realtime import send_after_commit
+
+# (group, event) pairs collected for the consumer; None outside a consumer's call.
+OUTBOX: contextvars.ContextVar[list[tuple[str, dict[str, Any]]] | None] = contextvars.ContextVar("relay_outbox", default=None)
+
+
+def publish(groups: Iterable[str], event: dict[str, Any]) -> None:
+    """Send `event` to `groups` once the surrounding transaction commits."""
+    box = OUTBOX.get()
+    if box is None:
+        send_after_commit(groups, event)
+        return
+    targets = list(groups)
+    transaction.on_commit(lambda: box.extend((group, event) for group in targets))

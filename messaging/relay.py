@@ -1,0 +1,327 @@
+"""The relay's process-wide hot path: which sockets this process holds, group commit of socket
+sends and acknowledgements (one database call per event-loop tick, not per frame), direct
+delivery to sockets of this process, the channel layer for devices held elsewhere, and one Redis pub/sub channel for user events
+to the other processes.
+
+The database stays the truth (BRIEF §4): an envelope is pushed to a live socket only after the
+row is committed, a socket takes a push only when nothing older can be pending for it (otherwise
+it drains from the database), and everything sent across processes is only a nudge or a
+live-only event — a lost one is recovered by the next drain."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import functools
+import json
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from enigmo.realtime import device_group
+from messaging import services
+
+if TYPE_CHECKING:
+    from messaging.consumers import RelayConsumer
+
+logger = logging.getLogger("enigmo.relay")
+
+NUDGE = {"type": "relay.nudge"}
+ORIGIN = uuid.uuid4().hex  # this process on the bus
+
+# device pk → its socket on this process; user pk → that user's sockets on this process
+devices: dict[int, RelayConsumer] = {}
+users: dict[int, set[RelayConsumer]] = {}
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+# The event loop keeps only weak references to tasks: a background task nobody holds can be
+# garbage-collected while it waits (the bus listener was). Every task started here is held.
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Awaitable[Any]) -> asyncio.Task[Any]:
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
+def _same_loop() -> None:
+    """Sockets, batches and the bus belong to one event loop (daphne has one; tests make many)."""
+    global _loop
+    loop = asyncio.get_running_loop()
+    if _loop is not loop:
+        _loop = loop
+        devices.clear()
+        users.clear()
+        SENDS.reset()
+        ACKS.reset()
+        BUS.reset()
+
+
+def register(consumer: RelayConsumer) -> None:
+    _same_loop()
+    device = consumer.device
+    devices[device.pk] = consumer
+    users.setdefault(device.user_id, set()).add(consumer)
+    BUS.start()
+
+
+def unregister(consumer: RelayConsumer) -> None:
+    device = consumer.device
+    if devices.get(device.pk) is consumer:
+        del devices[device.pk]
+    mine = users.get(device.user_id)
+    if mine is not None:
+        mine.discard(consumer)
+        if not mine:
+            del users[device.user_id]
+
+
+async def deliver_local(group: str, event: dict[str, Any]) -> None:
+    """Hand a channel-layer-shaped event to this process's sockets in `group` (dev.N / usr.N)."""
+    kind, _, pk = group.partition(".")
+    if kind == "dev":
+        one = devices.get(int(pk))
+        targets = [one] if one is not None else []
+    elif kind == "usr":
+        targets = list(users.get(int(pk), ()))
+    else:
+        return
+    name = event.get("type", "").replace(".", "_")
+    for consumer in targets:
+        handler = getattr(consumer, name, None)
+        if handler is None or name not in consumer.LOCAL_EVENTS:
+            continue
+        try:
+            await handler(event)
+        except Exception:
+            logger.exception("local delivery failed group=%s", group)
+
+
+async def publish(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """Events produced by a relay database call. A device held by this process gets its event
+    directly and nothing leaves the process; any other device (another process, a compat
+    socket, nobody) through the channel layer as before. User events (receipts) go to this
+    process's sockets directly and to the other processes in one bus message per tick."""
+    from messaging.consumers import layer_call
+
+    elsewhere = []
+    for group, event in events:
+        if group.startswith("dev."):
+            if int(group[4:]) in devices:
+                await deliver_local(group, event)
+            else:
+                elsewhere.append(layer_call("group_send", group, event))
+            continue
+        await deliver_local(group, event)
+        BUS.send(group, event)
+    if elsewhere:
+        for outcome in await asyncio.gather(*elsewhere, return_exceptions=True):
+            if isinstance(outcome, Exception):  # a lost nudge is recovered by the next drain
+                logger.warning("channel layer send failed error=%s", type(outcome).__name__)
+
+
+# --- batching: one database call per tick ------------------------------------------------------
+
+
+class Batcher:
+    """Collects items submitted during one event-loop tick and runs them through `run` in one
+    call; items that arrive meanwhile form the next batch (at most `parallel` batches run)."""
+
+    def __init__(self, run: Callable[[list[Any]], Awaitable[None]], parallel: int = 2, max_items: int = 1000) -> None:
+        self.run = run
+        self.parallel = parallel
+        self.max_items = max_items
+        self.pending: list[tuple[Any, asyncio.Future[None]]] = []
+        self.running = 0
+        self.scheduled = False
+
+    def reset(self) -> None:
+        self.pending, self.running, self.scheduled = [], 0, False
+
+    def submit(self, item: Any) -> asyncio.Future[None]:
+        _same_loop()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((item, future))
+        if not self.scheduled and self.running < self.parallel:
+            self.scheduled = True
+            loop.call_soon(self._start)
+        return future
+
+    def _start(self) -> None:
+        self.scheduled = False
+        while self.pending and self.running < self.parallel:
+            batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
+            self.running += 1
+            _spawn(self._run(batch))
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future[None]]]) -> None:
+        try:
+            await self.run([item for item, _ in batch])
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self.running -= 1
+            if self.pending and not self.scheduled:
+                self.scheduled = True
+                asyncio.get_running_loop().call_soon(self._start)
+
+
+async def in_db(func: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
+    """Run `func` on a relay database thread; returns its result and the events it produced."""
+    from messaging.consumers import _db_executor, _in_db_thread
+
+    loop = asyncio.get_running_loop()
+    call = contextvars.copy_context().run
+    return await loop.run_in_executor(_db_executor(), functools.partial(call, _in_db_thread, func, *args, **kwargs))
+
+
+def _send_batch(items: list[services.BatchSend]) -> None:
+    services.messages_send_batch(items=items)
+    for item in items:  # wire text built here, off the event loop's critical section
+        item.pushes = [
+            (device_pk, delivery_pk, json.dumps({**frame, "ciphertext": base64.b64encode(frame["ciphertext"]).decode()}))
+            for device_pk, delivery_pk, frame in item.pushes
+        ]
+
+
+async def _run_sends(items: list[services.BatchSend]) -> None:
+    _, box = await in_db(_send_batch, items)
+    events: list[tuple[str, dict[str, Any]]] = list(box)
+    for item in items:
+        if item.answer is None:
+            continue
+        if not item.pushes:
+            continue
+        conversation, seq = str(uuid.UUID(item.conversation_id)), item.answer["seq"]
+        meta = (item.answer["id"], conversation, item.sender_device.user_id)
+        for device_pk, delivery_pk, text in item.pushes:
+            consumer = devices.get(device_pk)
+            if consumer is not None:
+                await consumer.push(delivery_pk, meta, seq, text)
+            elif BUS.enabled:
+                # Held by another process, or by none: the committed envelope itself rides the
+                # bus (one PUBLISH per tick for all of them) and that process pushes it without
+                # reading it back; if it is lost, the device's next drain finds it.
+                BUS.send(device_group(device_pk), {"type": "relay.push", "d": delivery_pk, "m": meta, "s": seq, "t": text})
+            else:
+                events.append((device_group(device_pk), NUDGE))
+    if events:
+        await publish(events)
+
+
+def _ack_batch(acks: list[tuple[Any, list[tuple[int, str, str, int | None]]]]) -> None:
+    services.deliveries_ack_sent_many(acks=acks)
+
+
+async def _run_acks(acks: list[tuple[Any, list[tuple[int, str, str, int | None]]]]) -> None:
+    _, box = await in_db(_ack_batch, acks)
+    if box:
+        await publish(list(box))
+
+
+SENDS = Batcher(_run_sends, parallel=int(os.environ.get("ENIGMO_RELAY_SEND_BATCHES", 2)))
+ACKS = Batcher(_run_acks, parallel=1)
+
+
+# --- the bus: one Redis pub/sub channel shared by every process -----------------------------------
+
+
+class Bus:
+    """Cross-process events, one PUBLISH per tick with everything collected in it, and one
+    subscriber per process. At most once, like the channel layer: only what the database
+    already holds (committed envelopes, nudges) and live-only events travel here."""
+
+    def __init__(self) -> None:
+        self.outbox: list[tuple[str, dict[str, Any]]] = []
+        self.flushing = False
+        self.started = False
+        self.client: Any = None
+
+    def reset(self) -> None:
+        self.outbox, self.flushing, self.started, self.client = [], False, False, None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(getattr(settings, "REDIS_URL", ""))
+
+    def channel(self) -> str:
+        return f"{settings.REDIS_KEY_PREFIX}:relay-bus"
+
+    def start(self) -> None:
+        if self.started or not self.enabled:
+            return
+        self.started = True
+        _spawn(self._listen())
+
+    def send(self, group: str, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.outbox.append((group, event))
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().call_soon(lambda: _spawn(self._flush()))
+
+    async def _redis(self) -> Any:
+        if self.client is None:
+            import redis.asyncio as redis
+
+            self.client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        return self.client
+
+    async def _flush(self) -> None:
+        try:
+            while self.outbox:
+                batch, self.outbox = self.outbox, []
+                payload = json.dumps({"o": ORIGIN, "e": batch})
+                try:
+                    await (await self._redis()).publish(self.channel(), payload)
+                except Exception as exc:  # at most once: the next drain recovers envelopes
+                    logger.warning("relay bus publish failed error=%s", type(exc).__name__)
+        finally:
+            self.flushing = False
+
+    async def _listen(self) -> None:
+        import redis.asyncio as redis
+
+        while True:
+            client = redis.Redis.from_url(settings.REDIS_URL)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel())
+                async for message in pubsub.listen():
+                    data = json.loads(message["data"])
+                    if data.get("o") == ORIGIN:
+                        continue
+                    for group, event in data.get("e", []):
+                        await deliver_local(group, event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("relay bus receive failed error=%s; resubscribing", type(exc).__name__)
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:
+                    pass
+
+
+BUS = Bus()

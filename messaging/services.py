@@ -1,0 +1,895 @@
+"""Writes for conversations, envelopes, receipts, typing, presence, media and calls. Every event
+is published only after the database commit (enigmo.realtime); the database stays the truth."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import tempfile
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from enigmo import ratelimit
+from enigmo.errors import Conflict, EnigmoError
+from enigmo.realtime import device_group, user_group
+from keys.models import Device
+from keys.selectors import active_device_ids
+from messaging import errors, presence
+from messaging.events import publish
+from messaging.models import (
+    Call,
+    Conversation,
+    Delivery,
+    DeviceQueue,
+    Media,
+    Message,
+    Participant,
+    PrivacySettings,
+    Reaction,
+)
+from messaging.selectors import (
+    _uuid,
+    co_participant_user_pks,
+    conversation_get_for_user,
+    iso,
+    message_get_for_user,
+    privacy_get,
+)
+
+logger = logging.getLogger("enigmo.messaging")
+User = get_user_model()
+
+UNDELIVERED_TTL = timedelta(days=30)
+MEDIA_TTL = timedelta(days=30)
+TYPING_TTL_SECONDS = 6
+MAX_GROUP_MEMBERS = 100
+MAX_EXPIRES_SECONDS = 365 * 86400
+NUDGE = {"type": "relay.nudge"}
+
+
+def device_queue_cap() -> int:
+    """Undelivered envelopes kept per device before the oldest are trimmed (ENIGMO_DEVICE_QUEUE_CAP)."""
+    return int(settings.DEVICE_QUEUE_CAP)
+
+
+def _event(frame: dict[str, Any], *, skip_device: int | None = None) -> dict[str, Any]:
+    """A frame for consumers to forward verbatim (optionally not to the device that caused it)."""
+    return {"type": "relay.event", "frame": frame, "skip_device": skip_device}
+
+
+def _users_by_name(usernames: Iterable[str]) -> dict[str, Any]:
+    names = set(usernames)
+    found = {u.username: u for u in User.objects.filter(username__in=names, is_active=True)}
+    unknown = sorted(names - set(found))
+    if unknown:
+        raise errors.UserNotFound(extra={"users": unknown})
+    return found
+
+
+def _participant_user_pks(conversation: Conversation) -> list[int]:
+    return list(conversation.participants.values_list("user_id", flat=True))
+
+
+def _notify_conversation_changed(conversation: Conversation, user_pks: Iterable[int]) -> None:
+    frame = {"type": "conversation", "conversation_id": str(conversation.public_id)}
+    publish([user_group(pk) for pk in user_pks], _event(frame))
+
+
+# --- conversations ------------------------------------------------------------------------------
+
+
+def conversation_create(*, creator: Any, kind: str, members: list[str], encrypted_meta: bytes | None) -> tuple[Conversation, bool]:
+    """Create a conversation with the creator as admin. A direct conversation is unique per
+    pair: asking again returns the existing one (created=False)."""
+    others = _users_by_name(m for m in members if m != creator.username)
+    if kind == Conversation.Kind.DIRECT and len(others) != 1:
+        raise errors.InvalidRequest("A direct conversation has exactly one other member.")
+    if not others:
+        raise errors.InvalidRequest("A conversation needs at least one other member.")
+    if len(others) + 1 > MAX_GROUP_MEMBERS:
+        raise errors.InvalidRequest(f"A group has at most {MAX_GROUP_MEMBERS} members.")
+    direct_key = None
+    if kind == Conversation.Kind.DIRECT:
+        other = next(iter(others.values()))
+        low, high = sorted([creator.pk, other.pk])
+        direct_key = f"{low}:{high}"
+        existing = Conversation.objects.filter(direct_key=direct_key).first()
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            conversation = Conversation.objects.create(
+                kind=kind, direct_key=direct_key, created_by=creator, encrypted_meta=encrypted_meta
+            )
+            Participant.objects.create(conversation=conversation, user=creator, role=Participant.Role.ADMIN)
+            Participant.objects.bulk_create(
+                [Participant(conversation=conversation, user=u, role=Participant.Role.MEMBER) for u in others.values()]
+            )
+            _notify_conversation_changed(conversation, [u.pk for u in others.values()])
+    except IntegrityError:
+        existing = Conversation.objects.filter(direct_key=direct_key).first() if direct_key else None
+        if existing is None:
+            raise
+        return existing, False
+    return conversation, True
+
+
+def _require_admin(conversation: Conversation, user: Any) -> None:
+    if not conversation.participants.filter(user=user, role=Participant.Role.ADMIN).exists():
+        raise errors.NotAdmin()
+
+
+def conversation_members_add(*, actor: Any, conversation_id: Any, usernames: list[str]) -> Conversation:
+    conversation = conversation_get_for_user(user=actor, conversation_id=conversation_id)
+    _require_admin(conversation, actor)
+    if conversation.kind == Conversation.Kind.DIRECT:
+        raise errors.InvalidRequest("Members cannot be added to a direct conversation; create a group.")
+    users = _users_by_name(usernames)
+    with transaction.atomic():
+        present = set(conversation.participants.values_list("user_id", flat=True))
+        new = [u for u in users.values() if u.pk not in present]
+        if len(present) + len(new) > MAX_GROUP_MEMBERS:
+            raise errors.InvalidRequest(f"A group has at most {MAX_GROUP_MEMBERS} members.")
+        Participant.objects.bulk_create([Participant(conversation=conversation, user=u) for u in new])
+        _notify_conversation_changed(conversation, present | {u.pk for u in new})
+    return conversation
+
+
+def conversation_member_remove(*, actor: Any, conversation_id: Any, username: str) -> None:
+    """An admin removes anyone; anyone removes themself (leaves). The last admin to leave hands
+    the role to the longest-standing member."""
+    conversation = conversation_get_for_user(user=actor, conversation_id=conversation_id)
+    if username != actor.username:
+        _require_admin(conversation, actor)
+    with transaction.atomic():
+        target = conversation.participants.filter(user__username=username).first()
+        if target is None:
+            raise errors.UserNotFound(extra={"users": [username]})
+        before = _participant_user_pks(conversation)
+        target.delete()
+        remaining = conversation.participants.order_by("joined_at", "id")
+        if remaining.exists() and not remaining.filter(role=Participant.Role.ADMIN).exists():
+            first = remaining.first()
+            Participant.objects.filter(pk=first.pk).update(role=Participant.Role.ADMIN)
+        _notify_conversation_changed(conversation, before)
+
+
+def conversation_timer_set(*, actor: Any, conversation_id: Any, seconds: int | None) -> Conversation:
+    conversation = conversation_get_for_user(user=actor, conversation_id=conversation_id)
+    with transaction.atomic():
+        Conversation.objects.filter(pk=conversation.pk).update(disappearing_seconds=seconds)
+        conversation.disappearing_seconds = seconds
+        _notify_conversation_changed(conversation, _participant_user_pks(conversation))
+    return conversation
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipientInput:
+    user_id: str
+    device_id: int
+    ciphertext: bytes
+
+
+def _send_answer(message: Message) -> dict[str, Any]:
+    return {"id": str(message.public_id), "seq": message.seq, "created_at": iso(message.created_at), "expires_at": iso(message.expires_at)}
+
+
+def _replay(sender_device: Device, client_message_id: uuid.UUID, conversation: Conversation) -> dict[str, Any] | None:
+    existing = Message.objects.filter(sender_device=sender_device, client_message_id=client_message_id).first()
+    if existing is None:
+        return None
+    if existing.conversation_id != conversation.pk:
+        raise Conflict("This client_message_id was already used in another conversation.")
+    return _send_answer(existing)
+
+
+def _check_coverage(conversation: Conversation, sender_device: Device, recipients: list[RecipientInput]) -> dict[tuple[str, int], int]:
+    """Map (username, device_id) → device pk if the recipients are exactly the current devices
+    of every other participant plus the sender's other devices; else 409 with both lists."""
+    rows = Device.objects.filter(
+        user__participations__conversation=conversation, revoked_at__isnull=True, identity_key__isnull=False
+    ).values_list("pk", "user__username", "device_id")
+    expected = {(username, did): pk for pk, username, did in rows if pk != sender_device.pk}
+    given = [(r.user_id, r.device_id) for r in recipients]
+    if len(set(given)) != len(given):
+        raise errors.InvalidRequest("Each recipient device may appear only once.")
+    missing = sorted(set(expected) - set(given))
+    extra = sorted(set(given) - set(expected))
+    if missing or extra:
+        raise errors.DeviceMismatch(
+            extra={
+                "missing": [{"user_id": u, "device_id": d} for u, d in missing],
+                "extra": [{"user_id": u, "device_id": d} for u, d in extra],
+            }
+        )
+    return expected
+
+
+def _referenced(conversation: Conversation, message_id: Any) -> Message:
+    public_id = _uuid(message_id)
+    target = Message.objects.filter(public_id=public_id, conversation=conversation).first() if public_id else None
+    if target is None:
+        raise errors.MessageNotFound()
+    return target
+
+
+def _next_seq(conversation_pk: int, now: datetime) -> tuple[int, int | None]:
+    """Take the next sequence number: one UPDATE … RETURNING that also holds the row lock until
+    commit (PostgreSQL), so Delivery ids follow seq order; SQLite's IMMEDIATE transactions
+    already serialise writers."""
+    table = Conversation._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_seq = last_seq + 1, last_activity_at = %s WHERE id = %s RETURNING last_seq, disappearing_seconds",
+            [now, conversation_pk],
+        )
+        seq, timer = cursor.fetchone()
+    return seq, timer
+
+
+def message_send(
+    *,
+    sender_device: Device,
+    conversation_id: Any,
+    client_message_id: uuid.UUID,
+    recipients: list[RecipientInput],
+    kind: str = Message.Kind.MESSAGE,
+    reply_to: Any = None,
+    reaction_to: Any = None,
+    expires_in: int | None = None,
+    attachments: list[str] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Store one envelope (one ciphertext per recipient device) with the next sequence number,
+    then nudge the recipient devices. The same (device, client_message_id) is stored once: a
+    repeat returns the first answer and created=False."""
+    sender = sender_device.user
+    conversation = conversation_get_for_user(user=sender, conversation_id=conversation_id)
+    cap = settings.MAX_CIPHERTEXT_BYTES
+    try:
+        if any(len(r.ciphertext) > cap for r in recipients):
+            raise errors.CiphertextTooLarge(extra={"max_bytes": cap})
+        targets = _check_coverage(conversation, sender_device, recipients)
+    except EnigmoError:
+        # A retry of a stored envelope is answered as before, even if the devices changed since.
+        answer = _replay(sender_device, client_message_id, conversation)
+        if answer is not None:
+            return answer, False
+        raise
+    if settings.RATE_LIMITS_ENABLED:
+        for other_pk in _participant_user_pks(conversation):
+            if other_pk != sender.pk:
+                ratelimit.hit("message", sender.pk, other_pk)
+    if kind == Message.Kind.REACTION and reaction_to is None:
+        raise errors.InvalidRequest("A reaction names the message it reacts to (reaction_to).")
+    reply = _referenced(conversation, reply_to) if reply_to is not None else None
+    target = _referenced(conversation, reaction_to) if reaction_to is not None else None
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            seq, timer = _next_seq(conversation.pk, now)
+            lifetime = expires_in or timer
+            message = Message.objects.create(
+                conversation=conversation,
+                seq=seq,
+                sender_user=sender,
+                sender_device=sender_device,
+                client_message_id=client_message_id,
+                kind=kind,
+                reply_to=reply,
+                reaction_to=target,
+                expires_at=now + timedelta(seconds=lifetime) if lifetime else None,
+            )
+            Delivery.objects.bulk_create(
+                [Delivery(message=message, device_id=targets[(r.user_id, r.device_id)], ciphertext=r.ciphertext) for r in recipients]
+            )
+            if target is not None:
+                Reaction.objects.update_or_create(message=target, user=sender, defaults={"envelope": message})
+            if attachments:
+                linked = Media.objects.filter(
+                    token__in=attachments, conversation=conversation, uploader_user=sender, message__isnull=True
+                ).update(message=message)
+                if linked != len(set(attachments)):
+                    raise errors.MediaNotFound()
+            publish([device_group(pk) for pk in targets.values()], NUDGE)
+    except IntegrityError:
+        answer = _replay(sender_device, client_message_id, conversation)
+        if answer is None:
+            raise
+        return answer, False
+    message.conversation = conversation
+    return _send_answer(message), True
+
+
+# --- receipts -----------------------------------------------------------------------------
+
+
+def _receipt(message_public_id: Any, conversation_public_id: Any, device: Device, status: str, **more: Any) -> dict[str, Any]:
+    frame = {
+        "type": "receipt",
+        "message_id": str(message_public_id),
+        "conversation_id": str(conversation_public_id),
+        "user_id": device.user.username,
+        "device_id": device.device_id,
+        "status": status,
+    }
+    frame.update(more)
+    return frame
+
+
+def deliveries_ack(*, device: Device, message_ids: list[Any]) -> tuple[list[int], list[str]]:
+    """Mark this device's copies delivered and drop their ciphertext; the senders' devices get a
+    delivered receipt. Returns (acknowledged delivery pks, ids that are not this device's)."""
+    wanted = {u for u in (_uuid(m) for m in message_ids) if u is not None}
+    rows = list(
+        Delivery.objects.filter(device=device, message__public_id__in=wanted).values_list(
+            "pk", "delivered_at", "message__public_id", "message__conversation__public_id", "message__sender_user_id"
+        )
+    )
+    unknown = sorted({str(m) for m in message_ids} - {str(r[2]) for r in rows})
+    fresh = [r for r in rows if r[1] is None]
+    if fresh:
+        with transaction.atomic():
+            Delivery.objects.filter(pk__in=[r[0] for r in fresh], delivered_at__isnull=True).update(
+                delivered_at=timezone.now(), ciphertext=None
+            )
+            for _, _, message_id, conversation_id, sender_pk in fresh:
+                if sender_pk and sender_pk != device.user_id:
+                    publish([user_group(sender_pk)], _event(_receipt(message_id, conversation_id, device, "delivered")))
+    return [r[0] for r in rows], unknown
+
+
+def deliveries_ack_sent(*, device: Device, sent: list[tuple[int, str, str, int | None]]) -> None:
+    """The socket's fast path: acknowledge envelopes it sent on this connection, known by
+    (delivery pk, message id, conversation id, sender user pk): one UPDATE, then receipts."""
+    Delivery.objects.filter(pk__in=[pk for pk, _, _, _ in sent], device=device, delivered_at__isnull=True).update(
+        delivered_at=timezone.now(), ciphertext=None
+    )
+    for _, message_id, conversation_id, sender_pk in sent:
+        if sender_pk and sender_pk != device.user_id:
+            publish([user_group(sender_pk)], _event(_receipt(message_id, conversation_id, device, "delivered")))
+
+
+def deliveries_ack_sent_many(*, acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> None:
+    """deliveries_ack_sent for many sockets at once: one UPDATE for every acknowledged copy
+    (each pk paired with the device it was sent to), then the receipts."""
+    pks = [pk for _, sent in acks for pk, _, _, _ in sent]
+    if not pks:
+        return
+    Delivery.objects.filter(pk__in=pks, device_id__in={device.pk for device, _ in acks}, delivered_at__isnull=True).update(
+        delivered_at=timezone.now(), ciphertext=None
+    )
+    for device, sent in acks:
+        for _, message_id, conversation_id, sender_pk in sent:
+            if sender_pk and sender_pk != device.user_id:
+                publish([user_group(sender_pk)], _event(_receipt(message_id, conversation_id, device, "delivered")))
+
+
+def message_delivered(*, device: Device, message_id: Any) -> None:
+    message = message_get_for_user(user=device.user, message_id=message_id)
+    deliveries_ack(device=device, message_ids=[message.public_id])
+
+
+def _mark_read(device: Device, conversation: Conversation, up_to_seq: int) -> None:
+    with transaction.atomic():
+        Participant.objects.filter(conversation=conversation, user_id=device.user_id, last_read_seq__lt=up_to_seq).update(
+            last_read_seq=up_to_seq
+        )
+        if not privacy_get(user_pk=device.user_id).read_receipts:
+            return  # read state stays private: no read_at others could see, no events
+        rows = list(
+            Delivery.objects.filter(
+                device=device, read_at__isnull=True, message__conversation=conversation, message__seq__lte=up_to_seq
+            ).values_list("pk", "message__seq", "message__public_id", "message__sender_user_id")
+        )
+        if not rows:
+            return
+        Delivery.objects.filter(pk__in=[r[0] for r in rows]).update(read_at=timezone.now())
+        # One receipt per sender: their latest message now read (everything before it is read too).
+        latest: dict[int, tuple[int, Any]] = {}
+        for _, seq, public_id, sender_pk in rows:
+            if sender_pk and sender_pk != device.user_id and seq >= latest.get(sender_pk, (-1, None))[0]:
+                latest[sender_pk] = (seq, public_id)
+        for sender_pk, (seq, public_id) in latest.items():
+            frame = _receipt(public_id, conversation.public_id, device, "read", up_to_seq=seq)
+            publish([user_group(sender_pk)], _event(frame))
+
+
+def message_read(*, device: Device, message_id: Any) -> Message:
+    message = message_get_for_user(user=device.user, message_id=message_id)
+    _mark_read(device, message.conversation, message.seq)
+    return message
+
+
+def conversation_mark_read(*, device: Device, conversation_id: Any, seq: int) -> int:
+    conversation = conversation_get_for_user(user=device.user, conversation_id=conversation_id)
+    up_to = min(seq, conversation.last_seq)
+    _mark_read(device, conversation, up_to)
+    return up_to
+
+
+# --- delete for everyone ---------------------------------------------------------------------
+
+
+def _remove_media_files(tokens: Iterable[str]) -> None:
+    for token in tokens:
+        try:
+            media_path(token).unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not remove media blob %s…", token[:8])
+
+
+def message_delete(*, device: Device, message_id: Any) -> Message:
+    """Tombstone: the row stays (seq, times) but every ciphertext, reaction and attachment goes,
+    undelivered copies are dropped, and every participant is told."""
+    message = message_get_for_user(user=device.user, message_id=message_id)
+    if message.sender_user_id != device.user_id:
+        raise errors.NotSender()
+    if message.deleted_at is not None:
+        return message
+    with transaction.atomic():
+        message.deleted_at = timezone.now()
+        Message.objects.filter(pk=message.pk).update(deleted_at=message.deleted_at)
+        Delivery.objects.filter(message=message, delivered_at__isnull=True).delete()
+        Delivery.objects.filter(message=message).update(ciphertext=None)
+        Reaction.objects.filter(message=message).delete()
+        tokens = list(Media.objects.filter(message=message).values_list("token", flat=True))
+        Media.objects.filter(message=message).delete()
+        transaction.on_commit(lambda: _remove_media_files(tokens))
+        frame = {"type": "deleted", "message_id": str(message.public_id), "conversation_id": str(message.conversation.public_id)}
+        publish([user_group(pk) for pk in _participant_user_pks(message.conversation)], _event(frame))
+    return message
+
+
+# --- typing, presence, privacy --------------------------------------------------------------
+
+
+def typing_send(*, device: Device, conversation_id: Any, state: str) -> None:
+    """Ephemeral: straight to the participants' live sockets, never stored or queued."""
+    conversation = conversation_get_for_user(user=device.user, conversation_id=conversation_id)
+    frame = {
+        "type": "typing",
+        "conversation_id": str(conversation.public_id),
+        "user_id": device.user.username,
+        "device_id": device.device_id,
+        "state": state,
+        "expires_in": TYPING_TTL_SECONDS,
+    }
+    publish([user_group(pk) for pk in _participant_user_pks(conversation)], _event(frame, skip_device=device.pk))
+
+
+def presence_publish(*, device: Device, online: bool) -> None:
+    """Record this device's presence and tell the people who share a conversation with its
+    user (unless the user hides presence)."""
+    if online:
+        presence.device_online(user_pk=device.user_id, device_pk=device.pk)
+    else:
+        presence.device_offline(user_pk=device.user_id, device_pk=device.pk)
+    if not privacy_get(user_pk=device.user_id).presence:
+        return
+    state = presence.presence_of(devices_by_user={device.user_id: active_device_ids(user_ids=[device.user_id])[device.user_id]})
+    is_online, last_seen = state[device.user_id]
+    frame = {
+        "type": "presence",
+        "user_id": device.user.username,
+        "online": is_online,
+        "last_seen": iso(datetime.fromtimestamp(last_seen, tz=UTC)) if last_seen else None,
+    }
+    audience = co_participant_user_pks(user_pk=device.user_id) - {device.user_id}
+    publish([user_group(pk) for pk in audience], _event(frame))
+
+
+def privacy_set(*, user: Any, read_receipts: bool | None = None, presence: bool | None = None) -> PrivacySettings:
+    current, _ = PrivacySettings.objects.get_or_create(user=user)
+    if read_receipts is not None:
+        current.read_receipts = read_receipts
+    if presence is not None:
+        current.presence = presence
+    current.save()
+    return current
+
+
+# --- media ----------------------------------------------------------------------------------
+
+
+def media_path(token: str) -> Path:
+    return Path(settings.MEDIA_ROOT) / token[:2] / token
+
+
+def media_store(*, device: Device, conversation_id: Any, stream: IO[bytes], content_length: int | None) -> Media:
+    """Stream an encrypted blob to a temporary file and rename it into place only when it is
+    complete and under the cap; above the cap nothing is kept (413)."""
+    conversation = conversation_get_for_user(user=device.user, conversation_id=conversation_id)
+    cap = settings.MAX_MEDIA_BYTES
+    if content_length is not None and content_length > cap:
+        raise errors.MediaTooLarge(extra={"max_bytes": cap})
+    ratelimit.hit("media", device.user_id)
+    token = secrets.token_urlsafe(32)
+    final = media_path(token)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", dir=final.parent)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(64 * 1024):
+                size += len(chunk)
+                if size > cap:
+                    raise errors.MediaTooLarge(extra={"max_bytes": cap})
+                out.write(chunk)
+        if size == 0:
+            raise errors.InvalidRequest("The blob is empty.")
+        os.replace(tmp_name, final)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    try:
+        return Media.objects.create(token=token, conversation=conversation, uploader_device=device, uploader_user=device.user, size=size)
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+
+
+# --- calls ----------------------------------------------------------------------------------
+
+
+def call_signal(
+    *,
+    device: Device,
+    conversation_id: Any,
+    action: str,
+    to: list[tuple[str, int]],
+    payload: str,
+    call_id: Any = None,
+    media: str | None = None,
+) -> Call:
+    """Record the call's state and forward the opaque payload to the addressed devices that
+    belong to participants; other addresses are dropped."""
+    conversation = conversation_get_for_user(user=device.user, conversation_id=conversation_id)
+    now = timezone.now()
+    with transaction.atomic():
+        if call_id is None:
+            if action != "offer":
+                raise errors.InvalidRequest("Only an offer may start a call without call_id.")
+            call = Call.objects.create(
+                conversation=conversation, caller_device=device, caller_user=device.user, kind=media or Call.Kind.AUDIO
+            )
+        else:
+            public_id = _uuid(call_id)
+            call = Call.objects.select_for_update().filter(public_id=public_id, conversation=conversation).first() if public_id else None
+            if call is None:
+                raise errors.CallNotFound()
+            update: dict[str, Any] = {}
+            if action == "answer" and call.status == Call.Status.RINGING:
+                update = {"status": Call.Status.ANSWERED, "answered_at": now}
+            elif action == "decline" and call.status == Call.Status.RINGING:
+                update = {"status": Call.Status.DECLINED, "ended_at": now}
+            elif action == "end" and call.status in (Call.Status.RINGING, Call.Status.ANSWERED):
+                ended = Call.Status.ENDED if call.status == Call.Status.ANSWERED else Call.Status.MISSED
+                update = {"status": ended, "ended_at": now}
+            if update:
+                Call.objects.filter(pk=call.pk).update(**update)
+                for name, value in update.items():
+                    setattr(call, name, value)
+        participants = dict(conversation.participants.values_list("user__username", "user_id"))
+        addressed = Q(pk__in=[])
+        for username, device_id in to:
+            if username in participants:
+                addressed |= Q(user_id=participants[username], device_id=device_id)
+        targets = list(Device.objects.filter(addressed, revoked_at__isnull=True).exclude(pk=device.pk).values_list("pk", flat=True))
+        frame = {
+            "type": "call",
+            "call_id": str(call.public_id),
+            "conversation_id": str(conversation.public_id),
+            "action": action,
+            "media": call.kind,
+            "from": {"user_id": device.user.username, "device_id": device.device_id},
+            "payload": payload,
+        }
+        publish([device_group(pk) for pk in targets], _event(frame))
+    return call
+
+
+# --- queue cap and purge ----------------------------------------------------------------------
+
+
+def device_queue_trim(*, device_pk: int | None = None, cap: int | None = None) -> int:
+    """Drop the oldest undelivered envelopes of every device (or one) above the cap and remember
+    how many, to tell the device when it next connects."""
+    cap = device_queue_cap() if cap is None else cap
+    pending = Delivery.objects.filter(delivered_at__isnull=True)
+    if device_pk is not None:
+        pending = pending.filter(device_id=device_pk)
+    over = list(pending.values("device_id").annotate(n=Count("pk")).filter(n__gt=cap).values_list("device_id", "n"))
+    trimmed = 0
+    for dev_pk, n in over:
+        with transaction.atomic():
+            oldest = list(
+                Delivery.objects.filter(device_id=dev_pk, delivered_at__isnull=True).order_by("id").values_list("pk", flat=True)[: n - cap]
+            )
+            dropped = Delivery.objects.filter(pk__in=oldest).delete()[0]
+            DeviceQueue.objects.get_or_create(device_id=dev_pk)
+            DeviceQueue.objects.filter(device_id=dev_pk).update(trimmed_unreported=F("trimmed_unreported") + dropped)
+        trimmed += dropped
+    return trimmed
+
+
+def device_queue_take_trimmed(*, device_pk: int) -> int:
+    """How many envelopes were trimmed since the device was last told; resets the count."""
+    with transaction.atomic():
+        queue = DeviceQueue.objects.select_for_update().filter(device_id=device_pk).first()
+        if queue is None or not queue.trimmed_unreported:
+            return 0
+        count = queue.trimmed_unreported
+        DeviceQueue.objects.filter(device_id=device_pk).update(trimmed_unreported=0)
+        return count
+
+
+def _delete_media(qs: Any) -> int:
+    tokens = list(qs.values_list("token", flat=True))
+    removed = qs.model.objects.filter(token__in=tokens).delete()[0]
+    _remove_media_files(tokens)
+    return removed
+
+
+def messages_purge_expired(*, now: datetime, batch_size: int = 1000) -> int:
+    """Physically delete expired messages (rows, per-device ciphertexts, reactions, media
+    blobs), undelivered ciphertexts older than 30 days, media older than 30 days, and trim
+    device queues over the cap; in bounded batches. Returns how many rows went."""
+    removed = 0
+    while True:
+        ids = list(Message.objects.filter(expires_at__lte=now).values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            break
+        removed += _delete_media(Media.objects.filter(message_id__in=ids))
+        removed += Message.objects.filter(pk__in=ids).delete()[0]
+    while True:
+        ids = list(
+            Delivery.objects.filter(delivered_at__isnull=True, created_at__lte=now - UNDELIVERED_TTL).values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            break
+        removed += Delivery.objects.filter(pk__in=ids).delete()[0]
+    while True:
+        tokens = list(Media.objects.filter(created_at__lte=now - MEDIA_TTL).values_list("token", flat=True)[:batch_size])
+        if not tokens:
+            break
+        removed += _delete_media(Media.objects.filter(token__in=tokens))
+    removed += device_queue_trim()
+    return removed
+
+
+# --- the relay's group commit -------------------------------------------------------------------
+
+
+@dataclass
+class BatchSend:
+    """One socket send waiting for the next group commit."""
+
+    sender_device: Device
+    conversation_id: str
+    client_message_id: uuid.UUID
+    recipients: list[RecipientInput]
+    kind: str = Message.Kind.MESSAGE
+    expires_in: int | None = None
+    # filled in by messages_send_batch
+    answer: dict[str, Any] | None = None
+    error: BaseException | None = None
+    # (recipient device pk, delivery pk, frame) of a stored envelope, for live sockets
+    pushes: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+
+
+def _lock_and_take_seqs(counts: dict[int, int], now: datetime) -> dict[int, tuple[int, int | None]]:
+    """Take k sequence numbers per conversation in one statement, locking the rows in id order
+    (so two batches never deadlock); held until commit like _next_seq. → pk: (last seq, timer)."""
+    table = Conversation._meta.db_table
+    pks = sorted(counts)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [pks])
+            cursor.execute(
+                f"UPDATE {table} AS c SET last_seq = c.last_seq + v.k, last_activity_at = %s "
+                f"FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, k) WHERE c.id = v.id "
+                "RETURNING c.id, c.last_seq, c.disappearing_seconds",
+                [now, pks, [counts[pk] for pk in pks]],
+            )
+            return {pk: (seq, timer) for pk, seq, timer in cursor.fetchall()}
+        out = {}
+        for pk in pks:
+            cursor.execute(
+                f"UPDATE {table} SET last_seq = last_seq + %s, last_activity_at = %s WHERE id = %s RETURNING last_seq, disappearing_seconds",
+                [counts[pk], now, pk],
+            )
+            out[pk] = cursor.fetchone()
+        return out
+
+
+def _send_one_by_one(items: list[BatchSend]) -> None:
+    for item in items:
+        try:
+            item.answer, _ = message_send(
+                sender_device=item.sender_device,
+                conversation_id=item.conversation_id,
+                client_message_id=item.client_message_id,
+                recipients=item.recipients,
+                kind=item.kind,
+                expires_in=item.expires_in,
+            )
+        except Exception as exc:  # noqa: BLE001 - handed back to the socket that sent it
+            item.error = exc
+
+
+def messages_send_batch(*, items: list[BatchSend]) -> None:
+    """Store many plain envelopes (no reply, reaction or attachment) in one transaction: the
+    same checks as message_send (membership, coverage, size, rate limit, idempotency) with a
+    few queries per batch instead of per envelope, k sequence numbers per conversation in one
+    UPDATE, and one bulk insert each for messages and deliveries. Every item gets its answer
+    (or error) only after the commit. Anything unusual — a repeat, a mismatch, a constraint
+    race — goes through message_send on its own, which answers exactly as before."""
+    public_ids = {_uuid(i.conversation_id) for i in items} - {None}
+    members: dict[Any, tuple[int, set[int]]] = {}
+    for public_id, conv_pk, user_pk in Participant.objects.filter(conversation__public_id__in=public_ids).values_list(
+        "conversation__public_id", "conversation_id", "user_id"
+    ):
+        members.setdefault(public_id, (conv_pk, set()))[1].add(user_pk)
+    devices: dict[int, list[tuple[int, str, int]]] = {}
+    for conv_pk, pk, username, did in Device.objects.filter(
+        user__participations__conversation_id__in=[pk for pk, _ in members.values()], revoked_at__isnull=True, identity_key__isnull=False
+    ).values_list("user__participations__conversation_id", "pk", "user__username", "device_id"):
+        devices.setdefault(conv_pk, []).append((pk, username, did))
+    seen = set(
+        Message.objects.filter(
+            sender_device_id__in={i.sender_device.pk for i in items}, client_message_id__in={i.client_message_id for i in items}
+        ).values_list("sender_device_id", "client_message_id")
+    )
+    cap = settings.MAX_CIPHERTEXT_BYTES
+    fast: list[tuple[BatchSend, int, dict[tuple[str, int], int]]] = []
+    slow: list[BatchSend] = []
+    for item in items:
+        key = (item.sender_device.pk, item.client_message_id)
+        conv = members.get(_uuid(item.conversation_id))
+        if key in seen or conv is None or item.sender_device.user_id not in conv[1] or any(len(r.ciphertext) > cap for r in item.recipients):
+            slow.append(item)  # a repeat, not-found or too large: message_send answers it
+            continue
+        seen.add(key)
+        expected = {(u, d): pk for pk, u, d in devices.get(conv[0], []) if pk != item.sender_device.pk}
+        given = [(r.user_id, r.device_id) for r in item.recipients]
+        if len(set(given)) != len(given) or set(given) != set(expected):
+            slow.append(item)
+            continue
+        if settings.RATE_LIMITS_ENABLED:
+            try:
+                for other_pk in conv[1]:
+                    if other_pk != item.sender_device.user_id:
+                        ratelimit.hit("message", item.sender_device.user_id, other_pk)
+            except EnigmoError as exc:
+                item.error = exc
+                continue
+        fast.append((item, conv[0], expected))
+    if fast:
+        try:
+            _store_batch(fast)
+        except IntegrityError:  # a concurrent repeat of one of them: each on its own
+            slow.extend(item for item, _, _ in fast)
+            for item, _, _ in fast:
+                item.answer, item.pushes = None, []
+    _send_one_by_one(slow)
+
+
+def _insert_batch_postgresql(messages: list[Message], fast: list[tuple[BatchSend, int, dict[tuple[str, int], int]]], now: datetime) -> None:
+    """Both bulk inserts as one statement each over unnest() arrays: the ORM's bulk_create
+    spends more Python per row than the database spends storing it. Rows are matched back by
+    key, not by RETURNING order."""
+    mt, dt = Message._meta.db_table, Delivery._meta.db_table
+    for message in messages:
+        message.public_id = uuid.uuid4()
+        message.created_at = now
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {mt} (public_id, conversation_id, seq, sender_user_id, sender_device_id, client_message_id, kind, created_at, expires_at) "
+            "SELECT p, c, s, u, d, k, n, %s, e FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::uuid[], %s::varchar[], %s::timestamptz[]) "
+            "AS t(p, c, s, u, d, k, n, e) RETURNING id, public_id",
+            [
+                now,
+                [m.public_id for m in messages],
+                [m.conversation_id for m in messages],
+                [m.seq for m in messages],
+                [m.sender_user_id for m in messages],
+                [m.sender_device_id for m in messages],
+                [m.client_message_id for m in messages],
+                [m.kind for m in messages],
+                [m.expires_at for m in messages],
+            ],
+        )
+        ids = dict((public_id, pk) for pk, public_id in cursor.fetchall())
+        message_ids, device_ids, ciphertexts = [], [], []
+        for message, (item, _, expected) in zip(messages, fast, strict=True):
+            message.pk = message.id = ids[message.public_id]
+            for r in item.recipients:
+                message_ids.append(message.pk)
+                device_ids.append(expected[(r.user_id, r.device_id)])
+                ciphertexts.append(r.ciphertext)
+        cursor.execute(
+            f"INSERT INTO {dt} (message_id, device_id, ciphertext, created_at) SELECT m, d, c, %s "
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[]) AS t(m, d, c) RETURNING id, message_id, device_id",
+            [now, message_ids, device_ids, ciphertexts],
+        )
+        delivery_ids = {(m, d): pk for pk, m, d in cursor.fetchall()}
+    for message, (item, _, expected) in zip(messages, fast, strict=True):
+        message.batch_deliveries = []
+        for r in item.recipients:
+            device_pk = expected[(r.user_id, r.device_id)]
+            message.batch_deliveries.append(
+                Delivery(pk=delivery_ids[(message.pk, device_pk)], message_id=message.pk, device_id=device_pk, ciphertext=r.ciphertext, created_at=now)
+            )
+
+
+def _store_batch(fast: list[tuple[BatchSend, int, dict[tuple[str, int], int]]]) -> None:
+    counts: dict[int, int] = {}
+    for _, conv_pk, _ in fast:
+        counts[conv_pk] = counts.get(conv_pk, 0) + 1
+    with transaction.atomic():
+        now = timezone.now()
+        taken = _lock_and_take_seqs(counts, now)
+        next_seq = {pk: last - counts[pk] + 1 for pk, (last, _) in taken.items()}
+        messages = []
+        for item, conv_pk, _ in fast:
+            seq = next_seq[conv_pk]
+            next_seq[conv_pk] = seq + 1
+            lifetime = item.expires_in or taken[conv_pk][1]
+            messages.append(
+                Message(
+                    conversation_id=conv_pk,
+                    seq=seq,
+                    sender_user_id=item.sender_device.user_id,
+                    sender_device_id=item.sender_device.pk,
+                    client_message_id=item.client_message_id,
+                    kind=item.kind,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=lifetime) if lifetime else None,
+                )
+            )
+        if connection.vendor == "postgresql":
+            _insert_batch_postgresql(messages, fast, now)
+            rows = [d for m in messages for d in m.batch_deliveries]
+        else:
+            Message.objects.bulk_create(messages)
+            rows = [
+                Delivery(message_id=message.pk, device_id=expected[(r.user_id, r.device_id)], ciphertext=r.ciphertext, created_at=now)
+                for (item, _, expected), message in zip(fast, messages, strict=True)
+                for r in item.recipients
+            ]
+            Delivery.objects.bulk_create(rows)
+    deliveries = iter(rows)
+    for (item, _, _), message in zip(fast, messages, strict=True):
+        created, expires = iso(message.created_at), iso(message.expires_at)
+        item.answer = {"id": str(message.public_id), "seq": message.seq, "created_at": created, "expires_at": expires}
+        sender = {"user_id": item.sender_device.user.username, "device_id": item.sender_device.device_id}
+        for _ in item.recipients:
+            delivery = next(deliveries)
+            frame = {
+                "type": "envelope",
+                "id": item.answer["id"],
+                "conversation_id": str(_uuid(item.conversation_id)),
+                "seq": message.seq,
+                "sender": sender,
+                "kind": message.kind,
+                "reply_to": None,
+                "reaction_to": None,
+                "created_at": created,
+                "expires_at": expires,
+                "ciphertext": delivery.ciphertext,
+            }
+            item.pushes.append((delivery.device_id, delivery.pk, frame))

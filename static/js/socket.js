@@ -1,0 +1,149 @@
+// The relay WebSocket: reconnects with jittered exponential backoff, pings to detect dead links,
+// and hands every server frame to the listeners by its type.
+
+const config = JSON.parse(document.getElementById("enigmo-config").textContent);
+
+export class RelaySocket extends EventTarget {
+  constructor({ path = config.ws, minDelay = 500, maxDelay = 30000 } = {}) {
+    super();
+    this.path = path;
+    this.minDelay = minDelay;
+    this.maxDelay = maxDelay;
+    this.attempt = 0;
+    this.ws = null;
+    this.stopped = false;
+    this.refs = 0;
+    this.pending = new Map();
+    this.pingTimer = null;
+    this.retryTimer = null;
+    this.lastFrame = 0;
+    window.addEventListener("online", () => this.reconnectNow());
+  }
+
+  get connected() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  start() {
+    this.stopped = false;
+    this.open();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    clearInterval(this.pingTimer);
+    if (this.ws) this.ws.close(1000);
+  }
+
+  reconnectNow() {
+    if (this.stopped || this.connected) return;
+    clearTimeout(this.retryTimer);
+    this.attempt = 0;
+    this.open();
+  }
+
+  open() {
+    if (this.stopped) return;
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    let ws;
+    try {
+      ws = new WebSocket(`${scheme}//${location.host}${this.path}`);
+    } catch {
+      this.scheduleRetry();
+      return;
+    }
+    this.ws = ws;
+    this.emit("status", { state: "connecting" });
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.lastFrame = Date.now();
+      this.emit("status", { state: "online" });
+      clearInterval(this.pingTimer);
+      this.pingTimer = setInterval(() => this.heartbeat(), 20000);
+      this.emit("open", {});
+    };
+    ws.onmessage = (event) => {
+      this.lastFrame = Date.now();
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (frame.ref && this.pending.has(frame.ref)) {
+        const { resolve, reject, timer } = this.pending.get(frame.ref);
+        clearTimeout(timer);
+        this.pending.delete(frame.ref);
+        if (frame.type === "error") reject(frame.error || {});
+        else resolve(frame);
+      }
+      this.emit(frame.type, frame);
+    };
+    ws.onclose = (event) => {
+      clearInterval(this.pingTimer);
+      if (this.ws === ws) this.ws = null;
+      for (const [ref, { reject, timer }] of this.pending) {
+        clearTimeout(timer);
+        reject({ code: "disconnected" });
+        this.pending.delete(ref);
+      }
+      this.emit("status", { state: "offline", code: event.code });
+      // Revoked or logged out elsewhere: the session is gone, reconnecting cannot help.
+      if (event.code === 4401 || event.code === 4403) {
+        this.emit("unauthorized", { code: event.code });
+        return;
+      }
+      this.scheduleRetry();
+    };
+  }
+
+  scheduleRetry() {
+    if (this.stopped) return;
+    const base = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
+    const delay = base / 2 + Math.random() * (base / 2);
+    this.attempt += 1;
+    this.emit("status", { state: "waiting", delay });
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.open(), delay);
+  }
+
+  heartbeat() {
+    if (!this.connected) return;
+    if (Date.now() - this.lastFrame > 50000) {
+      this.ws.close(4000);
+      return;
+    }
+    this.send({ type: "ping" });
+  }
+
+  send(frame) {
+    if (!this.connected) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  // Send and wait for the server frame carrying the same ref (its answer or an error).
+  call(frame, timeoutMs = 10000) {
+    return new Promise((resolve, reject) => {
+      const ref = `r${++this.refs}`;
+      if (!this.send({ ...frame, ref })) {
+        reject({ code: "disconnected" });
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.pending.delete(ref);
+        reject({ code: "timeout" });
+      }, timeoutMs);
+      this.pending.set(ref, { resolve, reject, timer });
+    });
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  on(type, handler) {
+    this.addEventListener(type, (event) => handler(event.detail));
+  }
+}

@@ -1,0 +1,150 @@
+"""The chat features in a real browser: typing, images, history across reloads, search, the
+offline outbox, replies, reactions, delete for everyone, disappearing messages, key changes."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import ROOT, database_dump
+
+pytestmark = [pytest.mark.browser, pytest.mark.live]
+
+# A 2x2 PNG.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="
+)
+
+
+def chatting(people):
+    alice = people("alice").register()
+    bob = people("bob").register()
+    alice.start_conversation("bob")
+    alice.send("first hello")
+    expect(bob.page.locator("#conversation-list button", has_text="alice")).to_be_visible(timeout=20000)
+    bob.open_conversation("alice")
+    try:
+        expect(bob.message("first hello")).to_be_visible(timeout=20000)
+    except AssertionError:
+        for p in (alice, bob):
+            p.screenshot(f"debug-{p.name}")
+        raise AssertionError(f"alice: {alice.page.locator('#chat').inner_text()} {alice.errors}\nbob: {bob.page.locator('#chat').inner_text()} {bob.errors}")
+    return alice, bob
+
+
+def test_typing_image_history_search_outbox_reply_reaction_delete_timer(server, people):
+    alice, bob = chatting(people)
+
+    # typing indicator
+    alice.page.get_by_role("textbox", name="Message").press_sequentially("typ", delay=50)
+    expect(bob.page.locator("#typing")).to_have_text("alice is typing…", timeout=10000)
+    alice.page.get_by_role("textbox", name="Message").fill("")
+
+    # an image round-trips, encrypted, with a preview made in the browser
+    alice.page.set_input_files("#attach-input", files=[{"name": "dot.png", "mimeType": "image/png", "buffer": PNG}])
+    expect(alice.page.locator("#attachment-preview")).to_be_visible()
+    alice.page.get_by_role("button", name="Send").click()
+    expect(bob.page.locator(".message .attachment img")).to_be_visible(timeout=20000)
+    natural = bob.page.locator(".message .attachment img").evaluate(
+        "img => Promise.race([img.decode().then(() => img.naturalWidth),"
+        " new Promise((_, reject) => setTimeout(() => reject(new Error('decode timed out')), 20000))])"
+    )
+    assert natural == 2
+    bob.screenshot("04-image")
+
+    # reply and reaction
+    bob.message("first hello").hover()
+    bob.message("first hello").get_by_role("button", name="Reply").click()
+    bob.send("a reply to you")
+    expect(alice.message("a reply to you").locator(".quote")).to_contain_text("first hello", timeout=20000)
+    alice.message("a reply to you").hover()
+    alice.message("a reply to you").get_by_role("button", name="React").click()
+    alice.page.get_by_role("button", name="React 👍").click()
+    expect(bob.message("a reply to you").locator(".reactions")).to_contain_text("👍", timeout=20000)
+
+    # history survives a reload (local encrypted store), and search finds decrypted text
+    bob.page.reload()
+    bob.wait_ready()
+    bob.open_conversation("alice")
+    expect(bob.message("first hello")).to_be_visible()
+    bob.page.get_by_label("Search conversations").fill("reply to")
+    expect(bob.page.locator("#search-result-list")).to_contain_text("a reply to you")
+    bob.page.get_by_label("Search conversations").fill("")
+
+    # a message composed offline is delivered after reconnect, once
+    alice.context.set_offline(True)
+    alice.send("written while offline")
+    expect(alice.message("written while offline").locator(".ticks")).to_have_attribute("data-status", "pending")
+    alice.page.wait_for_timeout(1500)
+    alice.context.set_offline(False)
+    expect(bob.message("written while offline")).to_have_count(1, timeout=30000)
+    expect(alice.message("written while offline").locator(".ticks")).to_have_attribute("data-status", "read", timeout=20000)
+
+    # delete for everyone
+    alice.message("written while offline").hover()
+    alice.message("written while offline").get_by_role("button", name="Delete for everyone").click()
+    alice.page.locator("#confirm-yes").click()
+    expect(bob.message("This message was deleted")).to_be_visible(timeout=20000)
+    expect(bob.message("written while offline")).to_have_count(0)
+
+    # disappearing messages
+    alice.page.get_by_label("Disappearing messages").select_option("5")
+    expect(bob.page.get_by_role("log", name="Messages")).to_contain_text("disappearing messages to 5 seconds", timeout=20000)
+    alice.send("this one vanishes")
+    expect(bob.message("this one vanishes")).to_be_visible(timeout=20000)
+    bob.screenshot("05-disappearing")
+    expect(bob.message("this one vanishes")).to_have_count(0, timeout=20000)
+    expect(alice.message("this one vanishes")).to_have_count(0, timeout=20000)
+
+    # help dialog and the main screens pass axe
+    bob.page.locator("#message-list").focus()
+    bob.page.keyboard.press("?")
+    expect(bob.page.get_by_role("dialog", name="Keyboard shortcuts")).to_be_visible()
+    bob.screenshot("06-help")
+    assert bob.axe() == []
+    bob.page.keyboard.press("Escape")
+
+    dump = database_dump(server)
+    for text in (b"first hello", b"a reply to you", b"written while offline", b"this one vanishes", PNG):
+        assert text not in dump
+
+
+def replace_account_key(server, username):
+    """What a malicious server (or a reinstall) looks like to a contact: another account key."""
+    script = (
+        "import django,os;django.setup();from keys.models import IdentityKey\n"
+        f"IdentityKey.objects.filter(user__username={username!r}, kind='account').update(public_key=os.urandom(32))"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**server.env, "DJANGO_SETTINGS_MODULE": "enigmo.settings"}, check=True)
+
+
+def test_safety_number_and_key_change_blocks_a_verified_contact(server, people):
+    alice, bob = chatting(people)
+    alice.page.get_by_role("button", name="Safety number").click()
+    dialog = alice.page.get_by_role("dialog", name="Safety number")
+    expect(dialog).to_be_visible()
+    digits = alice.page.locator("#safety-number").text_content()
+    assert len(digits) == 60 and digits.isdigit()
+    bob.page.get_by_role("button", name="Safety number").click()
+    assert bob.page.locator("#safety-number").text_content() == digits
+    alice.screenshot("07-safety-number")
+    assert alice.axe() == []
+    alice.page.get_by_role("button", name="Mark as verified").click()
+    alice.page.keyboard.press("Escape")
+
+    replace_account_key(server, "bob")
+    alice.page.reload()
+    alice.wait_ready()
+    alice.open_conversation("bob")
+    expect(alice.page.locator("#key-warning")).to_be_visible(timeout=20000)
+    expect(alice.page.locator("#key-warning")).to_contain_text("sending is paused")
+    alice.send("should not leave")
+    expect(alice.page.locator("#send-error")).to_contain_text("safety number changed")
+    expect(alice.message("should not leave").locator(".ticks")).to_have_attribute("data-status", "failed")
+    alice.screenshot("08-key-change")
+    alice.page.get_by_role("button", name="Accept new key").click()
+    expect(alice.page.locator("#key-warning")).to_be_hidden()

@@ -1,0 +1,406 @@
+"""The relay socket over the real ASGI application: delivery contract, limits, access, events."""
+
+from __future__ import annotations
+
+import uuid
+from unittest import mock
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import Client
+
+from keys.models import Device as DeviceRow
+from messaging import services
+from messaging.models import Call, Delivery
+from tests.messaging.helpers import NOWHERE, fanout, send
+from tests.messaging.ws import closed_with, connect, frames_until, next_of, silent
+from tests.support import b64, unb64
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+asend = sync_to_async(send)
+
+
+@sync_to_async
+def bulk_send(conversation_id: str, count: int, text: str = "m") -> None:
+    """Many envelopes from alice to bob's first device through the service (no rate limit)."""
+    alice_device = DeviceRow.objects.get(user__username="alice", device_id=1)
+    for i in range(count):
+        services.message_send(
+            sender_device=alice_device,
+            conversation_id=conversation_id,
+            client_message_id=uuid.uuid4(),
+            recipients=[services.RecipientInput("bob", 1, f"{text}{i}".encode())],
+        )
+
+
+@pytest.fixture(autouse=True)
+async def _close_thread_connections():
+    """Consumers' ORM calls run in a worker thread; close its connection so the test database can be dropped."""
+    yield
+    from django.db import connections
+
+    from messaging.consumers import reset_db_executor
+
+    await sync_to_async(reset_db_executor, thread_sensitive=False)()
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture(autouse=True)
+def _fast(settings):
+    settings.RATE_LIMITS_ENABLED = False
+    settings.RELAY_TICK_SECONDS = 0.5
+
+
+async def test_live_envelope_ack_and_no_redelivery(api, alice, bob, eve, chat):
+    """bob gets alice's envelope live with his ciphertext; once acked it never comes back; eve sees nothing."""
+    bob_ws, eve_ws = await connect(bob), await connect(eve)
+    assert (await next_of(bob_ws, "backlog")) == {"type": "backlog", "has_more": False}
+    await next_of(eve_ws, "backlog")
+    status, sent = await asend(api, alice, chat, "hello")
+    env = await next_of(bob_ws, "envelope")
+    assert env["id"] == sent["id"] and env["seq"] == 1 and env["conversation_id"] == chat
+    assert env["sender"] == {"user_id": "alice", "device_id": 1} and unb64(env["ciphertext"]) == b"hello|bob.1"
+    await bob_ws.send_json_to({"type": "ack", "ids": [sent["id"]], "ref": "a1"})
+    assert await next_of(bob_ws, "ok") == {"type": "ok", "ref": "a1"}
+    assert await silent(eve_ws, 0.5)
+    await bob_ws.disconnect()
+    bob_ws = await connect(bob)
+    assert "envelope" not in [f["type"] for f in await frames_until(bob_ws, "backlog")]
+    row = await sync_to_async(Delivery.objects.get)()
+    assert row.delivered_at is not None and row.ciphertext is None
+    await bob_ws.disconnect()
+    await eve_ws.disconnect()
+
+
+async def test_backlog_drains_in_pages_and_unacked_comes_back(api, alice, bob, eve, chat):
+    await bulk_send(chat, 450)
+    bob_ws = await connect(bob)
+    pages = []
+    seqs = []
+    while True:
+        frame = await bob_ws.receive_json_from(timeout=5)
+        if frame["type"] == "envelope":
+            seqs.append(frame["seq"])
+        elif frame["type"] == "backlog":
+            pages.append((len(seqs), frame["has_more"]))
+            if not frame["has_more"]:
+                break
+    assert seqs == list(range(1, 451))
+    assert pages == [(200, True), (400, True), (450, False)]
+    await bob_ws.disconnect()
+    # nothing was acked: everything is sent again, in order; then ack half and reconnect
+    bob_ws = await connect(bob)
+    frames = await frames_until(bob_ws, "backlog")
+    envs = [f for f in frames if f["type"] == "envelope"]
+    assert [f["seq"] for f in envs] == list(range(1, 201))
+    await bob_ws.send_json_to({"type": "ack", "ids": [f["id"] for f in envs], "ref": 1})
+    await next_of(bob_ws, "ok")
+    await bob_ws.disconnect()
+    bob_ws = await connect(bob)
+    first = await next_of(bob_ws, "envelope")
+    assert first["seq"] == 201
+    await bob_ws.disconnect()
+
+
+async def test_send_over_the_socket_ignores_forged_sender(api, alice, bob, eve, chat):
+    alice_ws, bob_ws = await connect(alice), await connect(bob)
+    await next_of(alice_ws, "backlog")
+    await next_of(bob_ws, "backlog")
+    recipients = await sync_to_async(fanout)(api, alice, chat, "ws")
+    frame = {"type": "send", "ref": "s1", "conversation_id": chat, "client_message_id": str(uuid.uuid4()), "recipients": recipients, "sender": {"user_id": "bob", "device_id": 1}}
+    await alice_ws.send_json_to(frame)
+    sent = await next_of(alice_ws, "sent")
+    assert sent["ref"] == "s1" and sent["seq"] == 1
+    await alice_ws.send_json_to(frame)
+    assert (await next_of(alice_ws, "sent"))["id"] == sent["id"]  # idempotent
+    env = await next_of(bob_ws, "envelope")
+    assert env["sender"] == {"user_id": "alice", "device_id": 1}
+    await alice_ws.disconnect()
+    await bob_ws.disconnect()
+
+
+async def test_second_socket_closes_the_first_with_4409(api, alice, bob, eve, chat):
+    first = await connect(bob)
+    await next_of(first, "backlog")
+    second = await connect(bob)
+    await next_of(second, "backlog")
+    assert await closed_with(first) == 4409
+    await second.send_json_to({"type": "ping", "ref": 7})
+    assert await next_of(second, "pong") == {"type": "pong", "ref": 7}
+    await second.disconnect()
+
+
+async def test_logout_closes_the_socket(api, alice, bob, eve, chat):
+    ws = await connect(bob)
+    await next_of(ws, "backlog")
+    status, _ = await sync_to_async(api.post)("/api/v1/auth/logout", token=bob.token)
+    assert status == 204
+    assert await closed_with(ws, timeout=1) == 4401
+
+
+async def test_revoking_a_device_closes_its_socket(api, alice, bob, eve, chat):
+    second = await sync_to_async(bob.link_device)(api)
+    ws = await connect(bob, second)
+    await next_of(ws, "backlog")
+    assert (await sync_to_async(api.delete)(f"/api/v1/devices/{second.device_id}", token=bob.token))[0] == 204
+    assert await closed_with(ws, timeout=1) == 4401
+
+
+async def test_the_periodic_sweep_closes_sockets_whose_close_event_was_lost(api, alice, bob, eve, chat):
+    """No event reaches these sockets (as if the channel layer lost it): the process-wide
+    re-check still closes a revoked device's socket (4401) and a socket whose device another
+    socket has claimed (4409), and leaves a valid socket open."""
+    from django.core.cache import cache
+    from django.utils import timezone
+
+    from messaging.consumers import _current_key
+
+    second = await sync_to_async(bob.link_device)(api)
+    revoked, taken, fine = await connect(bob, second), await connect(alice), await connect(eve)
+    for ws in (revoked, taken, fine):
+        await next_of(ws, "backlog")
+    bob_second = await sync_to_async(DeviceRow.objects.get)(user__username="bob", device_id=second.device_id)
+    alice_first = await sync_to_async(DeviceRow.objects.get)(user__username="alice", device_id=1)
+    await sync_to_async(DeviceRow.objects.filter(pk=bob_second.pk).update)(revoked_at=timezone.now())
+    await sync_to_async(cache.set)(_current_key(alice_first.pk), "specific.elsewhere!1", 60)
+    assert await closed_with(revoked, timeout=5) == 4401
+    assert await closed_with(taken, timeout=5) == 4409
+    await fine.send_json_to({"type": "ping", "ref": 1})
+    assert await next_of(fine, "pong") == {"type": "pong", "ref": 1}
+    await fine.disconnect()
+
+
+async def test_frame_over_the_cap_closes_1009_others_carry_on(api, alice, bob, eve, chat, settings):
+    settings.MAX_WS_FRAME_BYTES = 2048
+    big, other = await connect(alice), await connect(bob)
+    await next_of(big, "backlog")
+    await next_of(other, "backlog")
+    await big.send_to(text_data='{"type":"ping","pad":"' + "x" * 3000 + '"}')
+    assert await closed_with(big) == 1009
+    await other.send_json_to({"type": "ping"})
+    assert (await next_of(other, "pong"))["type"] == "pong"
+    await other.disconnect()
+
+
+async def test_unauthenticated_and_origin_rules(api, alice, bob, eve, chat):
+    ws = await connect()
+    assert ws.connected_ok and await closed_with(ws) == 4401
+    ws = await connect(token="not-a-token")
+    assert await closed_with(ws) == 4401
+    ws = await connect(alice, origin="https://evil.example")
+    assert ws.connected_ok is False  # refused at the handshake
+    # a browser session: cookie + allowed Origin works; the cookie without an Origin does not
+    client = Client()
+    nonce = await sync_to_async(alice.challenge)(api)
+    response = await sync_to_async(client.post)("/api/v1/auth/login", alice.login_payload(nonce), content_type="application/json")
+    assert response.status_code == 200
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    ws = await connect(cookie=cookie, origin="http://127.0.0.1:8000")
+    assert (await next_of(ws, "backlog"))["has_more"] is False
+    await ws.disconnect()
+    ws = await connect(cookie=cookie)
+    assert await closed_with(ws) == 4401
+
+
+async def test_malformed_and_unknown_frames_get_errors(api, alice, bob, eve, chat):
+    ws = await connect(alice)
+    await next_of(ws, "backlog")
+    await ws.send_to(text_data="{not json")
+    assert (await next_of(ws, "error"))["error"]["code"] == "invalid"
+    await ws.send_json_to([1, 2])
+    assert (await next_of(ws, "error"))["error"]["code"] == "invalid"
+    await ws.send_json_to({"type": "launch", "ref": "x"})
+    err = await next_of(ws, "error")
+    assert err["ref"] == "x" and err["error"]["code"] == "unknown_type"
+    await ws.send_json_to({"type": "send", "ref": "y", "conversation_id": chat})
+    assert (await next_of(ws, "error"))["error"]["code"] == "invalid"
+    await ws.send_to(bytes_data=b"\x00\x01")
+    assert (await next_of(ws, "error"))["error"]["code"] == "invalid"
+    await ws.send_json_to({"type": "ping"})
+    await next_of(ws, "pong")
+    await ws.disconnect()
+
+
+async def test_eve_gets_the_same_404_for_every_socket_action(api, alice, bob, eve, chat):
+    _, sent = await asend(api, alice, chat, "secret")
+    ws = await connect(eve)
+    await next_of(ws, "backlog")
+    results = []
+    for cid in (chat, NOWHERE):
+        for frame in (
+            {"type": "send", "conversation_id": cid, "client_message_id": str(uuid.uuid4()), "recipients": []},
+            {"type": "typing", "conversation_id": cid, "state": "started"},
+            {"type": "mark_read", "conversation_id": cid, "seq": 1},
+            {"type": "call", "conversation_id": cid, "action": "offer", "media": "audio", "to": [{"user_id": "bob", "device_id": 1}], "payload": "sdp"},
+        ):
+            await ws.send_json_to({**frame, "ref": frame["type"]})
+            results.append(await next_of(ws, "error"))
+    for mid in (sent["id"], str(uuid.uuid4())):
+        await ws.send_json_to({"type": "read", "message_id": mid, "ref": "read"})
+        results.append(await next_of(ws, "error"))
+        await ws.send_json_to({"type": "ack", "ids": [mid], "ref": "ack"})
+        results.append(await next_of(ws, "error"))
+    assert all(r["error"]["code"] == "not_found" and r["error"]["message"] == "Not found." for r in results)
+    assert len(results) == 12
+    await ws.disconnect()
+
+
+async def test_typing_is_live_only_and_never_queued(api, alice, bob, eve, chat):
+    assert (await sync_to_async(api.post)(f"/api/v1/conversations/{chat}/typing", {"state": "started"}, token=alice.token))[0] == 202
+    bob_ws, alice_ws = await connect(bob), await connect(alice)
+    assert "typing" not in [f["type"] for f in await frames_until(bob_ws, "backlog")]  # the earlier typing is gone
+    await next_of(alice_ws, "backlog")
+    await alice_ws.send_json_to({"type": "typing", "conversation_id": chat, "state": "started"})
+    typing = await next_of(bob_ws, "typing")
+    assert typing == {"type": "typing", "conversation_id": chat, "user_id": "alice", "device_id": 1, "state": "started", "expires_in": 6}
+    await bob_ws.disconnect()
+    await alice_ws.disconnect()
+
+
+async def test_presence_goes_only_to_co_participants(api, alice, bob, eve, chat):
+    alice_ws, eve_ws = await connect(alice), await connect(eve)
+    await next_of(alice_ws, "backlog")
+    await next_of(eve_ws, "backlog")
+    bob_ws = await connect(bob)
+    presence = await next_of(alice_ws, "presence")
+    assert presence["user_id"] == "bob" and presence["online"] is True and presence["last_seen"]
+    status, detail = await sync_to_async(api.get)(f"/api/v1/conversations/{chat}", token=alice.token)
+    assert {p["user_id"]: p["online"] for p in detail["participants"]} == {"alice": True, "bob": True}
+    await bob_ws.disconnect()
+    offline = await next_of(alice_ws, "presence")
+    assert offline["user_id"] == "bob" and offline["online"] is False
+    assert await silent(eve_ws, 0.3)
+    # presence off: nobody is told, and the detail hides it
+    await sync_to_async(api.post)("/api/v1/me/privacy", {"presence": False}, token=bob.token)
+    bob_ws = await connect(bob)
+    await next_of(bob_ws, "backlog")
+    assert await silent(alice_ws, 0.3)
+    status, detail = await sync_to_async(api.get)(f"/api/v1/conversations/{chat}", token=alice.token)
+    assert {p["user_id"]: p["online"] for p in detail["participants"]}["bob"] is None
+    for ws in (alice_ws, eve_ws, bob_ws):
+        await ws.disconnect()
+
+
+async def test_receipts_reach_the_senders_devices(api, alice, bob, eve, chat):
+    alice2 = await sync_to_async(alice.link_device)(api)
+    a1, a2, b = await connect(alice), await connect(alice, alice2), await connect(bob)
+    for ws in (a1, a2, b):
+        await next_of(ws, "backlog")
+    _, sent = await asend(api, alice, chat, "hi")
+    await next_of(a2, "envelope")  # the sender's other device gets its copy
+    env = await next_of(b, "envelope")
+    await b.send_json_to({"type": "ack", "ids": [env["id"]]})
+    for ws in (a1, a2):
+        receipt = await next_of(ws, "receipt")
+        assert receipt == {"type": "receipt", "message_id": sent["id"], "conversation_id": chat, "user_id": "bob", "device_id": 1, "status": "delivered"}
+    await b.send_json_to({"type": "read", "message_id": env["id"], "ref": "r"})
+    assert (await next_of(b, "ok"))["ref"] == "r"
+    read = await next_of(a1, "receipt")
+    assert read["status"] == "read" and read["message_id"] == sent["id"]
+    # read receipts off: the next read sends nothing
+    await sync_to_async(api.post)("/api/v1/me/privacy", {"read_receipts": False}, token=bob.token)
+    _, second = await asend(api, alice, chat, "again")
+    await b.send_json_to({"type": "mark_read", "conversation_id": chat, "seq": 2, "ref": "m"})
+    assert (await next_of(b, "ok"))["seq"] == 2
+    frames = []
+    while not await a1.receive_nothing(timeout=0.3):
+        frames.append(await a1.receive_json_from())
+    assert not [f for f in frames if f["type"] == "receipt" and f["status"] == "read"]
+    for ws in (a1, a2, b):
+        await ws.disconnect()
+
+
+async def test_delete_for_everyone_notifies_participants(api, alice, bob, eve, chat):
+    _, sent = await asend(api, alice, chat, "oops")
+    bob_ws = await connect(bob)
+    await next_of(bob_ws, "backlog")
+    assert (await sync_to_async(api.delete)(f"/api/v1/messages/{sent['id']}", token=alice.token))[0] == 204
+    assert await next_of(bob_ws, "deleted") == {"type": "deleted", "message_id": sent["id"], "conversation_id": chat}
+    await bob_ws.disconnect()
+    bob_ws = await connect(bob)
+    assert "envelope" not in [f["type"] for f in await frames_until(bob_ws, "backlog")]  # the undelivered copy went too
+    await bob_ws.disconnect()
+
+
+async def test_call_signalling_and_history(api, alice, bob, eve, chat):
+    a, b, e = await connect(alice), await connect(bob), await connect(eve)
+    for ws in (a, b, e):
+        await next_of(ws, "backlog")
+    to_bob_and_eve = [{"user_id": "bob", "device_id": 1}, {"user_id": "eve", "device_id": 1}]
+    await a.send_json_to({"type": "call", "ref": "c", "conversation_id": chat, "action": "offer", "media": "video", "to": to_bob_and_eve, "payload": "opaque-offer"})
+    ok = await next_of(a, "ok")
+    call = await next_of(b, "call")
+    assert call["call_id"] == ok["call_id"] and call["action"] == "offer" and call["media"] == "video" and call["payload"] == "opaque-offer"
+    assert call["from"] == {"user_id": "alice", "device_id": 1}
+    assert await silent(e, 0.3)  # not a participant: dropped
+    await b.send_json_to({"type": "call", "conversation_id": chat, "call_id": ok["call_id"], "action": "answer", "to": [{"user_id": "alice", "device_id": 1}], "payload": "opaque-answer"})
+    assert (await next_of(a, "call"))["action"] == "answer"
+    await a.send_json_to({"type": "call", "conversation_id": chat, "call_id": ok["call_id"], "action": "end", "to": [{"user_id": "bob", "device_id": 1}], "payload": ""})
+    assert (await next_of(b, "call"))["action"] == "end"
+    row = await sync_to_async(Call.objects.get)()
+    assert row.status == "ended" and row.answered_at and row.ended_at and row.kind == "video"
+    status, history = await sync_to_async(api.get)("/api/v1/calls", token=bob.token)
+    assert history[0]["status"] == "ended" and history[0]["type"] == "video"
+    await b.send_json_to({"type": "call", "conversation_id": chat, "call_id": str(uuid.uuid4()), "action": "ice", "to": [], "payload": "x"})
+    assert (await next_of(b, "error"))["error"]["code"] == "not_found"
+    for ws in (a, b, e):
+        await ws.disconnect()
+
+
+async def test_queue_cap_tells_the_device_what_it_lost(api, alice, bob, eve, chat, settings):
+    settings.DEVICE_QUEUE_CAP = 3
+    await bulk_send(chat, 5)
+    ws = await connect(bob)
+    frames = await frames_until(ws, "backlog")
+    assert frames[0] == {"type": "trimmed", "count": 2}
+    assert [f["seq"] for f in frames if f["type"] == "envelope"] == [3, 4, 5]
+    await ws.disconnect()
+
+
+async def test_a_lost_nudge_is_recovered_from_the_database(api, alice, bob, eve, chat):
+    ws = await connect(bob)
+    await next_of(ws, "backlog")
+    with mock.patch("messaging.services.publish"):  # the layer "loses" the nudge
+        await bulk_send(chat, 1, "lost")
+    env = await next_of(ws, "envelope", timeout=3)
+    assert unb64(env["ciphertext"]) == b"lost0"
+    await ws.disconnect()
+
+
+@sync_to_async
+def bulk_backlog(conversation_id: str, count: int) -> None:
+    """`count` stored envelopes from alice to bob's device, inserted in bulk (as if bob had been offline)."""
+    from messaging.models import Conversation, Message
+
+    conversation = Conversation.objects.get(public_id=conversation_id)
+    alice_device = DeviceRow.objects.get(user__username="alice", device_id=1)
+    bob_device = DeviceRow.objects.get(user__username="bob", device_id=1)
+    messages = Message.objects.bulk_create(
+        [Message(conversation=conversation, seq=i, sender_user=alice_device.user, sender_device=alice_device, client_message_id=uuid.uuid4()) for i in range(1, count + 1)],
+        batch_size=2000,
+    )
+    Delivery.objects.bulk_create([Delivery(message=m, device=bob_device, ciphertext=b"c%d" % m.seq) for m in messages], batch_size=2000)
+    Conversation.objects.filter(pk=conversation.pk).update(last_seq=count)
+
+
+async def test_a_device_offline_across_ten_thousand_envelopes_misses_none(api, alice, bob, eve, chat):
+    await bulk_backlog(chat, 10_000)
+    ws = await connect(bob)
+    seqs: list[int] = []
+    pending: list[str] = []
+    while True:
+        frame = await ws.receive_json_from(timeout=10)
+        if frame["type"] == "envelope":
+            seqs.append(frame["seq"])
+            pending.append(frame["id"])
+        elif frame["type"] == "backlog":
+            await ws.send_json_to({"type": "ack", "ids": pending, "ref": len(seqs)})
+            pending = []
+            if not frame["has_more"]:
+                break
+    while (await next_of(ws, "ok"))["ref"] != 10_000:
+        pass
+    assert seqs == list(range(1, 10_001))
+    assert await sync_to_async(Delivery.objects.filter(delivered_at__isnull=True).count)() == 0
+    await ws.disconnect()
