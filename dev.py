@@ -63,6 +63,23 @@ def ensure_node_deps() -> None:
     stamp.write_text(wanted)
 
 
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's Chromium: Playwright cannot download its own browser
+    here. Installed with apt when this is root on Debian, else a clear message and exit."""
+    chromium = Path(os.environ.get("ENIGMO_CHROMIUM", "/usr/bin/chromium"))
+    if chromium.exists():
+        return
+    if os.geteuid() == 0 and Path("/usr/bin/apt-get").exists():
+        say("installing chromium (apt-get) for the browser tests")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, stdout=subprocess.DEVNULL)
+        if chromium.exists():
+            return
+    sys.exit(f"The browser tests need Chromium at {chromium}: install Debian's chromium package "
+             "(apt-get install chromium) or set ENIGMO_CHROMIUM to a Chromium binary.")
+
+
 def manage(*args: str) -> None:
     run(str(PY), "manage.py", *args)
 
@@ -83,6 +100,8 @@ def cmd_run(argv: list[str]) -> int:
 def cmd_test(argv: list[str]) -> int:
     ensure_python_deps("requirements-test.txt")
     ensure_node_deps()
+    if not argv or any("browser" in arg for arg in argv):
+        ensure_chromium()
     (ROOT / "var").mkdir(exist_ok=True)
     env = dict(os.environ)
     env.setdefault("ENIGMO_EMBEDDED_PURGE", "0")
