@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 
 import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.reliability.common import p95, pinger
 from tests.support import Account, HttpTransport
 
 FRAME_TYPES = ["send", "ack", "typing", "read", "mark_read", "call", "ping", "sync", "nope", "", None, 5]
@@ -62,22 +65,47 @@ def test_random_frames_get_errors_or_clean_closes(live_server_factory):
                 assert closed.rcvd is not None and closed.rcvd.code in (1000, 1003, 1007, 1008, 1009, 4400), closed
                 outcomes["closed"] += 1
 
-    async def bystander_alive() -> None:
-        async with websockets.connect(url, additional_headers={"Authorization": f"Token {bob.token}"}) as ws:
-            await ws.send(json.dumps({"type": "ping", "ref": "bob"}))
-            while True:
-                reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
-                if reply.get("type") == "pong":
-                    return
-
+    bystander = Bystander(server.ws_url, bob.token)
+    bystander.start()
+    assert bystander.ready.wait(30)
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(frames)
     def fuzz(frame: str | bytes) -> None:
         asyncio.run(send_one(frame))
 
+    started = time.monotonic()
     fuzz()
-    asyncio.run(bystander_alive())
+    took = time.monotonic() - started
+    bystander.finish()
     status, health = api.get("/api/health")
     assert status == 200 and server.process.poll() is None
-    print(f"ws fuzz outcomes: {outcomes}")
+    print(f"ws fuzz outcomes: {outcomes}; bob's socket, open throughout: {len(bystander.rtts)} pings in {took:.1f} s, "
+          f"p95 {p95(bystander.rtts) * 1000:.1f} ms, max {max(bystander.rtts) * 1000:.1f} ms")
     assert outcomes["error"] + outcomes["closed"] > 50
+    # bob, connected for the whole fuzz, noticed nothing: never closed, answered all along
+    assert bystander.closes == [], bystander.closes
+    assert len(bystander.rtts) >= took / 0.5, "bob's pings stopped being answered during the fuzz"
+    assert max(bystander.rtts) < 5.0
+
+
+class Bystander(threading.Thread):
+    """bob, on his own event loop in a thread, pinging every 100 ms while the fuzz runs."""
+
+    def __init__(self, ws_url: str, token: str) -> None:
+        super().__init__(daemon=True)
+        self.ws_url, self.token = ws_url, token
+        self.rtts: list[float] = []
+        self.closes: list[object] = []
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
+        self.ready.set()
+        await pinger(self.ws_url, self.token, self.rtts, self.stop, self.closes, 0.1)
+
+    def finish(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.join(30)

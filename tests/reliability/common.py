@@ -7,12 +7,15 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import threading
 import time
 import urllib.error
 import uuid
 from typing import Any
+
+import websockets
 
 from tests.messaging.helpers import open_direct
 from tests.messaging.live_client import ws_connect
@@ -208,3 +211,27 @@ class CuttableProxy:
         self.running = False
         self.cut()
         self.listener.close()
+
+
+async def pinger(ws_url: str, token: str, rtts: list[float], stop: asyncio.Event, closes: list[Any], every: float = 0.05) -> None:
+    """Ping every `every` seconds until `stop`, recording each round trip; a close is recorded in `closes`."""
+    ws = await ws_connect(ws_url, token)
+    try:
+        while not stop.is_set():
+            ref = uuid.uuid4().hex
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"type": "ping", "ref": ref}))
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame.get("ref") == ref:
+                    rtts.append(time.perf_counter() - sent)
+                    break
+            await asyncio.sleep(every)
+    except websockets.ConnectionClosed as exc:
+        closes.append(exc.rcvd.code if exc.rcvd else None)
+    finally:
+        await ws.close()
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else (values[0] if values else 0.0)

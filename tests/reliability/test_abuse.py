@@ -9,7 +9,6 @@ import asyncio
 import http.client
 import json
 import os
-import statistics
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ import websockets
 
 from tests.messaging.helpers import open_direct
 from tests.messaging.live_client import ws_connect
-from tests.reliability.common import cast, envelope, is_error_shape, pair, production
+from tests.reliability.common import cast, envelope, is_error_shape, p95, pair, pinger, production
 from tests.support import Account, HttpTransport, b64
 
 pytestmark = pytest.mark.live
@@ -70,29 +69,6 @@ def assert_logs_clean(log_path: Path, *accounts: Account, ciphertexts: tuple[str
     return text
 
 
-async def _pinger(ws_url: str, token: str, rtts: list[float], stop: asyncio.Event, closes: list[Any]) -> None:
-    ws = await ws_connect(ws_url, token)
-    try:
-        while not stop.is_set():
-            ref = uuid.uuid4().hex
-            sent = time.perf_counter()
-            await ws.send(json.dumps({"type": "ping", "ref": ref}))
-            while True:
-                frame = json.loads(await ws.recv())
-                if frame.get("ref") == ref:
-                    rtts.append(time.perf_counter() - sent)
-                    break
-            await asyncio.sleep(0.05)
-    except websockets.ConnectionClosed as exc:
-        closes.append(exc.rcvd.code if exc.rcvd else None)
-    finally:
-        await ws.close()
-
-
-def p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else (values[0] if values else 0.0)
-
-
 async def test_a_frame_flood_gets_an_error_frame_and_close_1008_while_others_keep_their_latency(live_server_factory):
     """eve sends 20,000 frames as fast as she can: after the per-socket burst she gets one error
     frame (rate_limited) and close 1008; ten other users pinging every 50 ms keep p95 under 250 ms
@@ -104,7 +80,7 @@ async def test_a_frame_flood_gets_an_error_frame_and_close_1008_while_others_kee
     eve, others = accounts[0], accounts[1:]
     stop, closes = asyncio.Event(), []
     baseline: list[list[float]] = [[] for _ in others]
-    pingers = [asyncio.create_task(_pinger(server.ws_url, a.token, baseline[i], stop, closes)) for i, a in enumerate(others)]
+    pingers = [asyncio.create_task(pinger(server.ws_url, a.token, baseline[i], stop, closes)) for i, a in enumerate(others)]
     await asyncio.sleep(2)
     base = [r for rtts in baseline for r in rtts]
     during_start = [len(r) for r in baseline]
