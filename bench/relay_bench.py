@@ -228,6 +228,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
         wall, cpu = last - t0, servers.cpu() - cpu0
         received = set().union(*(r.seen for r in receivers))
         latencies = [x for r in receivers for x in r.latencies]
+        peak_rss_kb = sum(proc_kb(s.process.pid, "VmHWM") for s in servers.list)
         for device in receivers + senders:
             await device.close()
     n = len(received)
@@ -237,6 +238,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
         "p99_ms": 1000 * pct(latencies, 0.99),
         "cpu_us_per_msg": 1e6 * cpu / n if n else float("nan"),
         "rss_kb_per_conn": rss_per_conn / conns,
+        "peak_rss_mib": peak_rss_kb / 1024,
         "stored": len(stored),
         "delivered": n,
         "lost": len(stored - received),
@@ -480,7 +482,12 @@ def table(results: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
-        other = f"{row['seconds']:.2f} s to drain" if "seconds" in row else (f"{row['rss_mib']:.0f} MiB total" if "rss_mib" in row else "")
+        other = (
+            f"{row['seconds']:.2f} s to drain" if "seconds" in row
+            else f"{row['rss_mib']:.0f} MiB total" if "rss_mib" in row
+            else f"peak RSS {row['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in row
+            else ""
+        )
         lines.append(
             f"| {row['config']} | {row.get('conns', '')} | {f(row, 'msgs_per_s', '.0f')} | {f(row, 'ratio_to_raw', '.3f')} | {f(row, 'p50_ms', '.1f')} | "
             f"{f(row, 'p99_ms', '.1f')} | {f(row, 'cpu_us_per_msg', '.0f')} | {f(row, 'rss_kb_per_conn', '.1f')} | {other} | {f(row, 'lost', 'd') if isinstance(row.get('lost'), int) else row.get('lost', '—')} |"
