@@ -32,7 +32,9 @@ CLOSE_REPLACED = 4409
 # daphne (autobahn) may only send 1000 or 3000–4999, so 1009 "message too big" becomes 4009.
 CLOSE_TOO_BIG = 4009
 CHALLENGE_SECONDS = 30
+# Enigmo-WS: most envelopes written to one socket whose acknowledgement is not yet committed.
 MAX_INFLIGHT = 1000
+PAGE_SIZE = 100
 
 
 def _tick_seconds() -> float:
@@ -293,7 +295,8 @@ class EnigmoWsConsumer(_CompatSocket):
 
     async def connect(self) -> None:
         # No Origin check: this socket never reads cookies, so a foreign page gains nothing.
-        self.sent: set[int] = set()
+        # Written to this socket, acknowledgement not yet committed: delivery pk → ack record.
+        self.inflight: dict[int, tuple[int, str, str, int | None]] = {}
         await self.accept()
 
     async def reply(self, kind: str, **fields: Any) -> None:
@@ -410,16 +413,47 @@ class EnigmoWsConsumer(_CompatSocket):
         await self.channel_layer.group_send(user_group(route.target_user_pk), {"type": "compat.frame", "frame": out})
 
     async def drain_once(self) -> None:
+        """Push queued messages, then acknowledge them: a message written to a connected socket
+        counts as delivered (the Dart server's rule), so it is never pushed again. Only
+        envelopes written and not yet acknowledged count against MAX_INFLIGHT; they are also
+        kept out of the next pages, so a failed acknowledgement never repeats a frame on this
+        socket (it is retried on the next wake)."""
         assert self.user is not None
-        while not self.closing and len(self.sent) < MAX_INFLIGHT:
-            page, has_more = await database_sync_to_async(services.ews_pending_page)(user=self.user, exclude=sorted(self.sent))
-            for delivery_pk, message in page:
+        while not self.closing:
+            await self._settle()
+            room = MAX_INFLIGHT - len(self.inflight)
+            if room <= 0:
+                return
+            page, has_more = await database_sync_to_async(services.ews_pending_page)(
+                user=self.user, exclude=sorted(self.inflight), limit=min(PAGE_SIZE, room)
+            )
+            for delivery_pk, message, ack in page:
                 if self.closing:
                     return
-                self.sent.add(delivery_pk)
                 await self.reply("new_message", message=message)
+                self.inflight[delivery_pk] = ack
             if not has_more:
+                await self._settle()
                 return
+
+    async def disconnect(self, code: int) -> None:
+        await super().disconnect(code)
+        # Frames written before the socket went away were delivered: never push them again.
+        await self._settle()
+
+    async def _settle(self) -> None:
+        if not getattr(self, "inflight", None) or self.user is None:
+            return
+        batch = dict(self.inflight)
+        try:
+            await database_sync_to_async(services.ews_deliveries_settle)(user=self.user, sent=list(batch.values()))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("compat delivery acknowledgement failed")
+            return
+        for pk in batch:
+            self.inflight.pop(pk, None)
 
     async def on_event(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")

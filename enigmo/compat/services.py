@@ -30,13 +30,21 @@ from keys.models import Device, IdentityKey
 from messaging import presence
 from messaging import services as messaging_services
 from messaging.models import Conversation, Delivery, Message, Participant
-from messaging.selectors import co_participant_user_pks, iso, pending_page
+from messaging.selectors import co_participant_user_pks, iso, pending_page, pending_page_with_senders
 
 User = get_user_model()
 
 V03_PREFIX = "v03."
 EWS_PREFIX = "ews."
 AUTH_WINDOW = timedelta(seconds=60)
+# An `auth` timestamp without an offset is local time in a zone the server cannot know: it is
+# accepted if it is within AUTH_WINDOW of server time shifted by a whole number of quarter hours
+# of at most ZONE_REACH (every real zone offset is a multiple of 15 minutes within ±14 h).
+ZONE_STEP = timedelta(minutes=15)
+ZONE_REACH = timedelta(hours=14)
+# Such a timestamp fits some zone for 2 × ZONE_REACH + 2 × AUTH_WINDOW of wall time, so a used
+# signature must be remembered at least that long to stay single-use.
+USED_SIGNATURE_RETENTION = 2 * ZONE_REACH + 2 * AUTH_WINDOW + timedelta(minutes=5)
 V03_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 V03_KEY_RE = re.compile(r"^[A-Za-z0-9+/=_\-.: \r\n]{16,4096}$")
 EWS_ID_RE = re.compile(r"^[0-9A-F]{16}$")
@@ -268,23 +276,38 @@ def ews_user_get(*, public_id: Any) -> EnigmoWsUser:
 
 
 def _parse_timestamp(value: str) -> datetime:
+    """An ISO-8601 instant; without an offset it is taken as UTC (history's `before`)."""
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def auth_timestamp_fresh(*, timestamp: str, now: datetime) -> bool:
+    """Whether an `auth` timestamp is fresh. With an offset (or Z) it names an instant, which
+    must be within ±AUTH_WINDOW of `now`. Without one it is the client's local wall-clock time
+    (the Flutter app sends `DateTime.now().toIso8601String()`): it must be within ±AUTH_WINDOW
+    of `now` in some zone whose offset is a whole number of quarter hours within ±ZONE_REACH."""
+    try:
+        parsed = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return False
+    if parsed.tzinfo is not None:
+        return abs(now - parsed) <= AUTH_WINDOW
+    skew = parsed.replace(tzinfo=UTC) - now  # = the client's zone offset, plus clock error
+    quarters = round(skew / ZONE_STEP)
+    if abs(quarters * ZONE_STEP) > ZONE_REACH:
+        return False
+    return abs(skew - quarters * ZONE_STEP) <= AUTH_WINDOW
+
+
 def ews_authenticate(*, public_id: Any, signature_b64: Any, timestamp: Any) -> EnigmoWsUser:
     """Ed25519 signature of the user's signing key over the UTF-8 timestamp string; the timestamp
-    must be within ±60 s of the server clock and each signature is accepted once."""
+    must be fresh (auth_timestamp_fresh) and each signature is accepted once."""
     if not all(isinstance(v, str) and v for v in (public_id, signature_b64, timestamp)) or len(timestamp) > 64:
         raise ValidationFailed("Missing required fields for authentication")
     user = ews_user_get(public_id=public_id)
     ratelimit.hit("login_account", user.user_id)
-    try:
-        when = _parse_timestamp(timestamp)
-    except ValueError:
-        raise AuthFailed() from None
     now = timezone.now()
-    if abs(now - when) > AUTH_WINDOW:
+    if not auth_timestamp_fresh(timestamp=timestamp, now=now):
         raise AuthFailed()
     try:
         signature = base64.b64decode(signature_b64, validate=True)
@@ -293,7 +316,7 @@ def ews_authenticate(*, public_id: Any, signature_b64: Any, timestamp: Any) -> E
         raise AuthFailed() from None
     try:
         with transaction.atomic():
-            UsedAuthSignature.objects.filter(used_at__lt=now - 3 * AUTH_WINDOW).delete()
+            UsedAuthSignature.objects.filter(used_at__lt=now - USED_SIGNATURE_RETENTION).delete()
             UsedAuthSignature.objects.create(signature_sha256=hashlib.sha256(signature).hexdigest(), user=user.user)
     except IntegrityError:
         raise Replayed() from None
@@ -351,12 +374,12 @@ def ews_message_send(*, sender: EnigmoWsUser, frame: dict[str, Any]) -> dict[str
     )
 
 
-def ews_pending_page(*, user: EnigmoWsUser, exclude: list[int], limit: int = 100) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
-    """Queued messages not yet sent on this socket, as `new_message` bodies. They stay queued
-    (and are sent again on the next connection) until the recipient marks them read."""
-    page, has_more = pending_page(device_pk=user.device_id, exclude=exclude, limit=limit)
+def ews_pending_page(*, user: EnigmoWsUser, exclude: list[int], limit: int = 100) -> tuple[list[tuple[int, dict[str, Any], tuple[int, str, str, int | None]]], bool]:
+    """Queued messages not yet written to this socket, as `new_message` bodies: [(delivery pk,
+    message, what ews_deliveries_settle needs once it is written)], has_more."""
+    page, has_more = pending_page_with_senders(device_pk=user.device_id, exclude=exclude, limit=limit)
     out = []
-    for delivery_pk, frame in page:
+    for delivery_pk, frame, sender_pk in page:
         message = _message_json(
             message_id=frame["id"],
             sender_id=_strip(frame["sender"]["user_id"], EWS_PREFIX),
@@ -365,13 +388,24 @@ def ews_pending_page(*, user: EnigmoWsUser, exclude: list[int], limit: int = 100
             created_at=frame["created_at"],
             status="delivered",
         )
-        out.append((delivery_pk, message))
+        out.append((delivery_pk, message, (delivery_pk, frame["id"], frame["conversation_id"], sender_pk)))
     return out, has_more
+
+
+def ews_deliveries_settle(*, user: EnigmoWsUser, sent: list[tuple[int, str, str, int | None]]) -> None:
+    """Messages written to the recipient's socket are delivered, as in the Dart server (which
+    marked a message delivered once it was pushed to a connected socket): they are acknowledged,
+    their ciphertext leaves the server and no later connection pushes them again (the Flutter
+    client does not deduplicate)."""
+    if sent:
+        device = Device.objects.select_related("user").get(pk=user.device_id)
+        messaging_services.deliveries_ack_sent(device=device, sent=sent)
 
 
 def ews_history(*, user: EnigmoWsUser, other_id: Any, limit: Any, before: Any) -> list[dict[str, Any]]:
     """The last `limit` messages of the pair, oldest first. The server holds a message's
-    ciphertext only until its recipient has read it; after that `encryptedContent` is empty."""
+    ciphertext only until it is delivered to its recipient; after that `encryptedContent` and
+    `signature` are empty (clients keep their own history)."""
     other = ews_user_get(public_id=other_id)
     if not isinstance(limit, int) or isinstance(limit, bool):
         limit = 50
@@ -409,7 +443,8 @@ def ews_history(*, user: EnigmoWsUser, other_id: Any, limit: Any, before: Any) -
 
 def ews_mark_read(*, user: EnigmoWsUser, message_id: Any) -> bool:
     """The recipient read this message (and everything before it in the chat): receipts go to
-    the sender and the queued ciphertexts are acknowledged, so they leave the server."""
+    the sender, and any copy not yet pushed to a socket is acknowledged too (it was read
+    elsewhere, e.g. through history), so its ciphertext leaves the server."""
     if not isinstance(message_id, str) or len(message_id) > 64:
         raise ValidationFailed("Missing message ID")
     delivery = (

@@ -72,12 +72,18 @@ async def test_offline_recipient_gets_queue_in_order_on_reconnect_then_it_is_gon
     await a.close()
 
 
-async def test_unknown_recipient_gets_an_error(compat_server):
-    alice, _ = _pair(compat_server)
-    a = await alice.socket()
+@pytest.mark.parametrize("path", PATHS)
+async def test_unknown_recipient_gets_an_error(compat_server, path):
+    """An unknown "to" answers {"error": "User not found"}; the socket stays usable."""
+    alice, bob = _pair(compat_server)
+    a = await alice.socket(path)
+    b = await bob.socket(path)
     await a.send(json.dumps({"from": alice.user_id, "to": "nobody42", "payload": "x"}))
-    assert "error" in await recv(a)
+    assert await recv(a) == {"error": "User not found"}
+    await a.send(json.dumps({"to": bob.user_id, "payload": "after-the-error"}))
+    assert (await recv(b))["payload"] == "after-the-error"
     await a.close()
+    await b.close()
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -87,10 +93,11 @@ async def test_unknown_user_id_gets_an_error_then_the_socket_closes(compat_serve
     assert await close_code(ws) is not None
 
 
-async def test_malformed_frames_get_errors_and_the_socket_stays_usable(compat_server):
+@pytest.mark.parametrize("path", PATHS)
+async def test_malformed_frames_get_errors_and_the_socket_stays_usable(compat_server, path):
     alice, bob = _pair(compat_server)
-    a = await alice.socket()
-    b = await bob.socket()
+    a = await alice.socket(path)
+    b = await bob.socket(path)
     for bad in ["not json", "[1,2]", json.dumps({"to": bob.user_id}), json.dumps({"to": 5, "payload": "x"}), json.dumps({"to": bob.user_id, "payload": {"a": 1}})]:
         await a.send(bad)
         assert "error" in await recv(a), bad
@@ -102,15 +109,23 @@ async def test_malformed_frames_get_errors_and_the_socket_stays_usable(compat_se
     await b.close()
 
 
-async def test_oversized_payload_is_refused_and_oversized_frame_closes(compat_server):
+@pytest.mark.parametrize("path", PATHS)
+async def test_oversized_payload_is_refused_and_oversized_frame_closes(compat_server, path):
+    """A payload over 96 KiB is refused with the socket left open; a frame over the frame cap
+    is refused and closes the socket with 4009; neither reaches the recipient."""
     alice, bob = _pair(compat_server)
-    a = await alice.socket()
+    a = await alice.socket(path)
+    b = await bob.socket(path)
     await a.send(json.dumps({"to": bob.user_id, "payload": "p" * (100 * 1024)}))
-    assert "too large" in (await recv(a))["error"].lower()
+    assert "payload too large" in (await recv(a))["error"].lower()
+    await a.send(json.dumps({"to": bob.user_id, "payload": "still-open"}))
+    assert (await recv(b))["payload"] == "still-open"
     await a.send(json.dumps({"to": bob.user_id, "payload": "p" * (200 * 1024)}))
-    assert "too large" in (await recv(a))["error"].lower()
+    assert "frame too large" in (await recv(a))["error"].lower()
     assert await close_code(a) == 4009
-    b = await bob.socket()
+    assert await nothing_for(b, 0.5) == []
+    await b.close()
+    b = await bob.socket(path)
     assert await nothing_for(b, 0.5) == []
     await b.close()
 

@@ -3,6 +3,8 @@ written from that server's JSON frames."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -45,32 +47,68 @@ async def test_register_and_auth_answer_in_the_dart_servers_shape(compat_server)
 
 
 async def test_auth_refuses_replay_stale_timestamps_and_wrong_keys(compat_server):
+    """Each refusal is for the reason it names, on a socket that is not yet authenticated: a
+    signature already used once, a timestamp 90 s off, another key's signature. The same
+    socket then authenticates with a fresh frame, and an unauthenticated one cannot send."""
     client = EnigmoClient(compat_server.ws_url, "Replay")
-    await client.online()
-    used = client.auth_frame()
-    await client.close()
-    # each signature is accepted once
     await client.open()
+    await client.register()
+    used = client.auth_frame()
     await client.send(used)
-    used_answer = await recv(client.ws)
-    assert used_answer["type"] == "auth_success" or used_answer["type"] == "error"
-    await client.send(used)
-    assert (await recv(client.ws))["type"] == "error"
+    first = await recv(client.ws)
+    assert first["type"] == "auth_success" and first["userId"] == client.user_id
     await client.close()
+    # a fresh connection: the captured frame is refused as a replay, not as "already authenticated"
     await client.open()
     await client.send(used)
     replay = await recv(client.ws)
-    assert replay["type"] == "error" and "already used" in replay["message"]
+    assert replay["type"] == "error" and replay["code"] == "auth_replayed" and "already used" in replay["message"]
     for when in (datetime.now(UTC) - timedelta(seconds=90), datetime.now(UTC) + timedelta(seconds=90)):
         await client.send(client.auth_frame(when))
-        assert (await recv(client.ws))["type"] == "error"
+        stale = await recv(client.ws)
+        assert stale["type"] == "error" and stale["code"] == "auth_failed", stale
     impostor = EnigmoClient(compat_server.ws_url, "Impostor")
     impostor.user_id = client.user_id
     await client.send(impostor.auth_frame())
-    assert (await recv(client.ws))["type"] == "error"
+    wrong_key = await recv(client.ws)
+    assert wrong_key["type"] == "error" and wrong_key["code"] == "auth_failed"
     await client.send({"type": "send_message", "receiverId": client.user_id, "encryptedContent": "x", "signature": "y"})
     assert (await recv(client.ws))["message"] == "Authentication required"
+    # none of that used up the socket: a fresh signature authenticates it
+    answer = await client.auth()
+    assert answer["type"] == "auth_success", answer
     await client.close()
+
+
+async def test_auth_accepts_the_flutter_apps_offset_free_local_time(compat_server):
+    """`DateTime.now().toIso8601String()` in India (UTC+5:30) has no offset: accepted once."""
+    client = EnigmoClient(compat_server.ws_url, "Local")
+    await client.open()
+    await client.register()
+    local = (datetime.now(UTC) + timedelta(hours=5, minutes=30)).replace(tzinfo=None).isoformat()
+    frame = {**client.auth_frame(), "timestamp": local}
+    frame["signature"] = base64.b64encode(client.signing_key.sign(local.encode()).signature).decode()
+    await client.send(frame)
+    assert (await recv(client.ws))["type"] == "auth_success"
+    await client.close()
+    await client.open()
+    await client.send(frame)
+    assert (await recv(client.ws))["code"] == "auth_replayed"
+    await client.close()
+
+
+async def _history_when_delivered(client, other_id: str, timeout: float = 5) -> list[dict]:
+    """get_history, asked again until its last message is no longer "sent" (the recipient's
+    acknowledgement is committed just after the frame is written to its socket)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        await client.send({"type": "get_history", "otherUserId": other_id, "limit": 10})
+        history = await recv_type(client.ws, "message_history")
+        assert history["otherUserId"] == other_id
+        if history["messages"][-1]["status"] != "sent" or loop.time() > deadline:
+            return history["messages"]
+        await asyncio.sleep(0.05)
 
 
 async def test_send_to_online_user_history_and_mark_read(compat_server):
@@ -82,10 +120,9 @@ async def test_send_to_online_user_history_and_mark_read(compat_server):
     assert new["message"]["id"] == sent["messageId"]
     assert new["message"]["encryptedContent"] == "hello" and new["message"]["signature"] == "sig-hello"
     assert new["message"]["senderId"] == alice.user_id
-    await bob.send({"type": "get_history", "otherUserId": alice.user_id, "limit": 10})
-    history = await recv_type(bob.ws, "message_history")
-    assert history["otherUserId"] == alice.user_id
-    assert [m["encryptedContent"] for m in history["messages"]] == ["hello"]
+    # delivered: the server no longer holds the ciphertext, history keeps the metadata
+    history = await _history_when_delivered(bob, alice.user_id)
+    assert [(m["id"], m["status"], m["encryptedContent"], m["signature"]) for m in history] == [(sent["messageId"], "delivered", "", "")]
     await bob.send({"type": "mark_read", "messageId": sent["messageId"]})
     marked = await recv_type(bob.ws, "message_marked_read")
     assert marked == {**marked, "messageId": sent["messageId"], "success": True}
@@ -99,18 +136,22 @@ async def test_send_to_online_user_history_and_mark_read(compat_server):
         await c.close()
 
 
-async def test_offline_messages_are_delivered_in_order_when_the_user_comes_back(compat_server):
+async def test_offline_messages_are_delivered_once_in_order_when_the_user_comes_back(compat_server):
+    """Queued while bob is away, pushed in order when he authenticates, and never again: the
+    Flutter client does not deduplicate, so a message written to a socket counts as delivered
+    (with or without mark_read), as in the Dart server."""
     alice, bob = await _chatting(compat_server, "A2", "B2")
     await bob.close()
     for i in range(4):
         await alice.send(_msg(bob.user_id, f"m{i}"))
         await recv_type(alice.ws, "message_sent")
+    # while queued the server holds the ciphertext, and the sender's history says "sent"
+    await alice.send({"type": "get_history", "otherUserId": bob.user_id, "limit": 10})
+    queued = (await recv_type(alice.ws, "message_history"))["messages"]
+    assert [(m["status"], m["encryptedContent"]) for m in queued] == [("sent", f"m{i}") for i in range(4)]
     await bob.online()
-    got = [(await recv_type(bob.ws, "new_message"))["message"] for _ in range(4)]
+    got = [f["message"] for f in await nothing_for(bob.ws, 1.0, ignore=PRESENCE) if f["type"] == "new_message"]
     assert [m["encryptedContent"] for m in got] == ["m0", "m1", "m2", "m3"]
-    # unread messages are offered again on the next connection; once read they are not
-    await bob.send({"type": "mark_read", "messageId": got[-1]["id"]})
-    await recv_type(bob.ws, "message_marked_read")
     await bob.close()
     await bob.online()
     assert [f for f in await nothing_for(bob.ws, 0.7, ignore=PRESENCE) if f["type"] == "new_message"] == []
@@ -181,8 +222,28 @@ async def test_ping_unknown_malformed_and_oversized_frames(compat_server):
     assert await close_code(client.ws) == 4009
 
 
+def _is_iso(value) -> bool:
+    try:
+        datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def test_health_and_stats_are_public_with_the_flag(compat_server):
+    """Both answer without credentials, in the Dart server's shapes (every nested key)."""
     status, health = http_get(compat_server.http_url + "/api/health")
-    assert status == 200 and health["status"] == "ok"
+    assert status == 200
+    assert set(health) == {"status", "timestamp", "checks"} and health["status"] == "ok" and _is_iso(health["timestamp"])
+    assert set(health["checks"]) == {"database", "channel_layer", "broker"}
+    assert all(isinstance(v, str) and v.startswith("ok") for v in health["checks"].values()), health
     status, stats = http_get(compat_server.http_url + "/api/stats")
-    assert status == 200 and {"server", "users", "messages"} <= set(stats)
+    assert status == 200
+    assert set(stats) == {"server", "users", "messages"}
+    assert set(stats["server"]) == {"uptime", "version"}
+    assert isinstance(stats["server"]["uptime"], (int, float)) and stats["server"]["uptime"] >= 0
+    assert isinstance(stats["server"]["version"], str) and stats["server"]["version"]
+    assert set(stats["users"]) == {"totalUsers", "onlineUsers"}
+    assert set(stats["messages"]) == {"total", "delivered", "read"}
+    counts = [*stats["users"].values(), *stats["messages"].values()]
+    assert all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts), stats

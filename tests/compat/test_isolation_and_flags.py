@@ -14,7 +14,14 @@ from tests.support import Account, HttpTransport
 pytestmark = pytest.mark.live
 
 
+def test_the_default_profile_starts_with_no_compat_variable_at_all(_compat_servers):
+    """"Off by default" is tested with the variables absent, not only set to "0"."""
+    assert _compat_servers["plain"].compat_env == {}
+    assert _compat_servers["off"].compat_env == {"ENIGMO_COMPAT_ENIGMA_V03": "0", "ENIGMO_COMPAT_ENIGMO_WS": "0"}
+
+
 def test_without_the_variables_the_routes_do_not_exist(plain_server):
+    """No /login, /connect; /api/stats stays staff-only."""
     assert http_get(plain_server.http_url + "/login/" + "A" * 44)[0] == 404
     assert http_get(plain_server.http_url + "/connect/abcdef0123456789")[0] == 404
     assert http_get(plain_server.http_url + "/api/stats")[0] in (401, 403)
