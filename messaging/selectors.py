@@ -213,7 +213,7 @@ def conversation_heads(*, user_pk: int) -> dict[str, int]:
     return {str(cid): seq for cid, seq in Participant.objects.filter(user_id=user_pk).values_list("conversation__public_id", "conversation__last_seq")}
 
 
-def _pending_rows_postgresql(device_pk: int, exclude: list[int], limit: int) -> list[tuple[Any, ...]]:
+def _pending_rows_postgresql(device_pk: int, exclude: list[int], limit: int, now: datetime) -> list[tuple[Any, ...]]:
     """pending_page's query as one prepared-once SQL string: the drain runs on every connect
     and every tick of every socket, and compiling the ORM query cost more than running it."""
     d, m, c = Delivery._meta.db_table, Message._meta.db_table, Conversation._meta.db_table
@@ -224,8 +224,9 @@ def _pending_rows_postgresql(device_pk: int, exclude: list[int], limit: int) -> 
             f"m.created_at, m.expires_at, m.sender_user_id FROM {d} d JOIN {m} m ON m.id = d.message_id JOIN {c} c ON c.id = m.conversation_id "
             f"LEFT JOIN {u} u ON u.id = m.sender_user_id LEFT JOIN {dev} sd ON sd.id = m.sender_device_id "
             f"LEFT JOIN {m} r ON r.id = m.reply_to_id LEFT JOIN {m} rt ON rt.id = m.reaction_to_id "
-            "WHERE d.device_id = %s AND d.delivered_at IS NULL AND NOT (d.id = ANY(%s)) ORDER BY d.id LIMIT %s",
-            [device_pk, list(exclude), limit],
+            "WHERE d.device_id = %s AND d.delivered_at IS NULL AND NOT (d.id = ANY(%s)) "
+            "AND (m.expires_at IS NULL OR m.expires_at > %s) ORDER BY d.id LIMIT %s",
+            [device_pk, list(exclude), now, limit],
         )
         return cursor.fetchall()
 
@@ -242,8 +243,12 @@ def devices_with_pending(*, device_pks: list[int]) -> set[int]:
     counts too): the periodic re-check wakes only their sockets."""
     if not device_pks:
         return set()
+    now = timezone.now()
     return set(
-        Delivery.objects.filter(device_id__in=device_pks, delivered_at__isnull=True).values_list("device_id", flat=True).distinct()
+        Delivery.objects.filter(device_id__in=device_pks, delivered_at__isnull=True)
+        .filter(Q(message__expires_at__isnull=True) | Q(message__expires_at__gt=now))
+        .values_list("device_id", flat=True)
+        .distinct()
     )
 
 
@@ -251,9 +256,13 @@ def pending_page_with_senders(*, device_pk: int, exclude: list[int], limit: int)
     """This device's next undelivered envelopes in Delivery.id order (= seq order within a
     conversation), skipping those already sent on this connection: [(delivery pk, frame, sender
     user pk)], has_more.
-    Expired rows are skipped here (the purge removes them) so the index walk stays in id order."""
-    rows = _pending_rows_postgresql(device_pk, exclude, limit + 1) if connection.vendor == "postgresql" else list(
+    Expired rows are filtered in the query itself (the purge removes them later): dropped after
+    the fetch, a page of only expired rows would come back empty with has_more and the drain
+    would ask for it again forever."""
+    now = timezone.now()
+    rows = _pending_rows_postgresql(device_pk, exclude, limit + 1, now) if connection.vendor == "postgresql" else list(
         Delivery.objects.filter(device_id=device_pk, delivered_at__isnull=True)
+        .filter(Q(message__expires_at__isnull=True) | Q(message__expires_at__gt=now))
         .exclude(pk__in=exclude)
         .order_by("id")
         .values_list(
@@ -272,11 +281,8 @@ def pending_page_with_senders(*, device_pk: int, exclude: list[int], limit: int)
             "message__sender_user_id",
         )[: limit + 1]
     )
-    now = timezone.now()
     frames = []
     for pk, ciphertext, mid, cid, seq, user, device, kind, reply, reaction, created, expires, sender_pk in rows[:limit]:
-        if expires is not None and expires <= now:
-            continue
         frames.append(
             (
                 pk,
@@ -300,7 +306,14 @@ def pending_page_with_senders(*, device_pk: int, exclude: list[int], limit: int)
 
 
 def media_get_for_user(*, user: Any, media_id: str) -> Media:
-    media = Media.objects.filter(token=str(media_id)[:64], conversation__participants__user=user).first()
+    """A blob of one of `user`'s conversations, else not-found; the attachment of an expired
+    message is not found either, even before the purge removes it."""
+    now = timezone.now()
+    media = (
+        Media.objects.filter(token=str(media_id)[:64], conversation__participants__user=user)
+        .filter(Q(message__isnull=True) | Q(message__expires_at__isnull=True) | Q(message__expires_at__gt=now))
+        .first()
+    )
     if media is None:
         raise errors.MediaNotFound()
     return media

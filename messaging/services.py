@@ -258,17 +258,15 @@ def message_send(
     repeat returns the first answer and created=False."""
     sender = sender_device.user
     conversation = conversation_get_for_user(user=sender, conversation_id=conversation_id)
+    # A retry of a stored envelope is answered as before, ahead of every check that could now
+    # refuse it: devices changed since, or the rate limit spent (a retry costs no token).
+    answer = _replay(sender_device, client_message_id, conversation)
+    if answer is not None:
+        return answer, False
     cap = settings.MAX_CIPHERTEXT_BYTES
-    try:
-        if any(len(r.ciphertext) > cap for r in recipients):
-            raise errors.CiphertextTooLarge(extra={"max_bytes": cap})
-        targets = _check_coverage(conversation, sender_device, recipients)
-    except EnigmoError:
-        # A retry of a stored envelope is answered as before, even if the devices changed since.
-        answer = _replay(sender_device, client_message_id, conversation)
-        if answer is not None:
-            return answer, False
-        raise
+    if any(len(r.ciphertext) > cap for r in recipients):
+        raise errors.CiphertextTooLarge(extra={"max_bytes": cap})
+    targets = _check_coverage(conversation, sender_device, recipients)
     if settings.RATE_LIMITS_ENABLED:
         for other_pk in _participant_user_pks(conversation):
             if other_pk != sender.pk:
@@ -277,6 +275,8 @@ def message_send(
         raise errors.InvalidRequest("A reaction names the message it reacts to (reaction_to).")
     reply = _referenced(conversation, reply_to) if reply_to is not None else None
     target = _referenced(conversation, reaction_to) if reaction_to is not None else None
+    if target is not None and target.deleted_at is not None:
+        raise errors.MessageNotFound()  # a deleted message takes no more reactions
     try:
         with transaction.atomic():
             now = timezone.now()
@@ -433,8 +433,9 @@ def _remove_media_files(tokens: Iterable[str]) -> None:
 
 
 def message_delete(*, device: Device, message_id: Any) -> Message:
-    """Tombstone: the row stays (seq, times) but every ciphertext, reaction and attachment goes,
-    undelivered copies are dropped, and every participant is told."""
+    """Tombstone: the row stays (seq, times) but every ciphertext and attachment goes,
+    undelivered copies are dropped, the reactions to it go entirely (their envelopes, per-device
+    ciphertexts and attachments), and every participant is told."""
     message = message_get_for_user(user=device.user, message_id=message_id)
     if message.sender_user_id != device.user_id:
         raise errors.NotSender()
@@ -445,9 +446,13 @@ def message_delete(*, device: Device, message_id: Any) -> Message:
         Message.objects.filter(pk=message.pk).update(deleted_at=message.deleted_at)
         Delivery.objects.filter(message=message, delivered_at__isnull=True).delete()
         Delivery.objects.filter(message=message).update(ciphertext=None)
+        reactions = list(Message.objects.filter(reaction_to=message).values_list("pk", flat=True))
+        media = Media.objects.filter(Q(message=message) | Q(message_id__in=reactions))
+        tokens = list(media.values_list("token", flat=True))
+        media.delete()
+        # Deleting the reaction envelopes cascades to their Delivery and Reaction rows.
+        Message.objects.filter(pk__in=reactions).delete()
         Reaction.objects.filter(message=message).delete()
-        tokens = list(Media.objects.filter(message=message).values_list("token", flat=True))
-        Media.objects.filter(message=message).delete()
         transaction.on_commit(lambda: _remove_media_files(tokens))
         frame = {"type": "deleted", "message_id": str(message.public_id), "conversation_id": str(message.conversation.public_id)}
         publish([user_group(pk) for pk in _participant_user_pks(message.conversation)], _event(frame))

@@ -71,9 +71,26 @@ def test_group_members_admin_only_and_leave(api, alice, bob, eve):
     assert status == 200 and {p["user_id"] for p in body["participants"]} == {"alice", "bob", "carol"}
     assert api.delete(f"/api/v1/conversations/{group}/members/carol", token=bob.token)[0] == 403
     assert api.delete(f"/api/v1/conversations/{group}/members/carol", token=alice.token)[0] == 204
-    # bob leaves by himself; alice (the last admin) leaves and nobody is left without an admin
+    # bob leaves by himself (the last admin's hand-off has its own test below)
     assert api.delete(f"/api/v1/conversations/{group}/members/bob", token=bob.token)[0] == 204
     assert api.get(f"/api/v1/conversations/{group}", token=bob.token)[0] == 404
+
+
+def test_the_last_admin_leaving_hands_admin_to_the_longest_standing_member(api, alice, bob, eve):
+    """When alice, the only admin, leaves, the member who joined first (carol, not bob who was
+    added later though registered earlier) becomes admin and can act as one; bob stays a member."""
+    carol = Account("carol")
+    carol.register(api)
+    group = open_group(api, alice, carol)
+    assert api.post(f"/api/v1/conversations/{group}/members", {"add": ["bob"]}, token=alice.token)[0] == 200
+    assert api.delete(f"/api/v1/conversations/{group}/members/alice", token=alice.token)[0] == 204
+    assert api.get(f"/api/v1/conversations/{group}", token=alice.token)[0] == 404
+    status, detail = api.get(f"/api/v1/conversations/{group}", token=bob.token)
+    assert status == 200 and {p["user_id"]: p["role"] for p in detail["participants"]} == {"carol": "admin", "bob": "member"}
+    assert api.delete(f"/api/v1/conversations/{group}/members/carol", token=bob.token)[1]["error"]["code"] == "not_admin"
+    assert api.delete(f"/api/v1/conversations/{group}/members/bob", token=carol.token)[0] == 204
+    status, detail = api.get(f"/api/v1/conversations/{group}", token=carol.token)
+    assert {p["user_id"]: p["role"] for p in detail["participants"]} == {"carol": "admin"}
 
 
 def test_members_cannot_be_added_to_a_direct_conversation(api, alice, bob, eve, chat):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from django.contrib.auth import get_user_model
 
-from messaging.models import Media
+from enigmo.realtime import user_group
+from messaging.models import Delivery, Media, Message, Reaction
 from messaging.services import media_path
 from tests.messaging.helpers import NOWHERE, send
 
@@ -77,3 +80,55 @@ def test_blob_goes_with_its_deleted_message(client, api, alice, bob, eve, chat, 
     with django_capture_on_commit_callbacks(execute=True):
         assert api.delete(f"/api/v1/messages/{sent['id']}", token=alice.token)[0] == 204
     assert not path.exists() and not Media.objects.exists()
+
+
+def test_delete_for_everyone_takes_the_reactions_and_attachments_with_it(client, api, alice, bob, eve, chat, django_capture_on_commit_callbacks):
+    """Deleting a message removes the reaction envelopes aimed at it (rows, per-device
+    ciphertexts, Reaction rows) and its attachment, tells both participants, and it takes no
+    new reactions; other messages keep theirs."""
+    _, media = upload(client, alice, chat, b"blob")
+    _, sent = send(api, alice, chat, "see attachment", attachments=[media["id"]])
+    _, other = send(api, alice, chat, "keep me")
+    _, reaction = send(api, bob, chat, "<e2ee emoji>", kind="reaction", reaction_to=sent["id"])
+    _, kept = send(api, bob, chat, "<e2ee emoji>", kind="reaction", reaction_to=other["id"])
+    assert Delivery.objects.filter(message__public_id=reaction["id"], ciphertext__isnull=False).exists()
+    with mock.patch("messaging.services.publish") as publish, django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/api/v1/messages/{sent['id']}", token=alice.token)[0] == 204
+    assert not Message.objects.filter(public_id=reaction["id"]).exists()
+    assert not Delivery.objects.filter(message__public_id=reaction["id"]).exists()
+    assert not Delivery.objects.filter(message__public_id=sent["id"], ciphertext__isnull=False).exists()
+    assert not Reaction.objects.filter(message__public_id=sent["id"]).exists()
+    assert not Media.objects.exists() and not media_path(media["id"]).exists()
+    [(groups, event)] = [c.args for c in publish.call_args_list]
+    pks = dict(get_user_model().objects.values_list("username", "pk"))
+    assert sorted(groups) == sorted(user_group(pks[name]) for name in ("alice", "bob"))
+    assert event["frame"] == {"type": "deleted", "message_id": sent["id"], "conversation_id": chat}
+    # the other message and its reaction are untouched; the tombstone takes no new reactions
+    assert Reaction.objects.filter(message__public_id=other["id"], envelope__public_id=kept["id"]).exists()
+    assert Delivery.objects.filter(message__public_id=kept["id"], ciphertext__isnull=False).exists()
+    assert send(api, bob, chat, "<late emoji>", kind="reaction", reaction_to=sent["id"])[0] == 404
+    page = api.get(f"/api/v1/conversations/{chat}/messages", token=bob.token)[1]["messages"]
+    assert [(m["id"], m["deleted"]) for m in page] == [(sent["id"], True), (other["id"], False), (kept["id"], False)]
+
+
+def test_the_attachment_of_an_expired_message_is_not_found(client, api, alice, bob, eve, chat, time_machine):
+    """Once its message has expired, an attachment answers 404 exactly like a missing one, even
+    before the purge has removed it; an attachment of a live message is still served."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    time_machine.move_to(timezone.now(), tick=False)
+    _, vanishing = upload(client, alice, chat, b"vanishing blob")
+    _, lasting = upload(client, alice, chat, b"lasting blob")
+    assert send(api, alice, chat, "gone soon", attachments=[vanishing["id"]], expires_in=30)[0] == 201
+    assert send(api, alice, chat, "stays", attachments=[lasting["id"]])[0] == 201
+    assert download(client, bob, vanishing["id"]).status_code == 200
+    time_machine.shift(timedelta(seconds=31))
+    missing = download(client, bob, "x" * 43)
+    for account in (alice, bob):
+        response = download(client, account, vanishing["id"])
+        assert response.status_code == 404 and response.json() == missing.json() == {"error": {"code": "not_found", "message": "Not found."}}
+    assert Media.objects.filter(token=vanishing["id"]).exists() and media_path(vanishing["id"]).exists()  # not purged yet
+    response = download(client, bob, lasting["id"])
+    assert response.status_code == 200 and b"".join(response.streaming_content) == b"lasting blob"

@@ -54,6 +54,24 @@ def test_client_message_id_is_an_idempotency_key(api, alice, bob, eve, chat):
     assert Message.objects.count() == 1 and Delivery.objects.count() == 1
 
 
+def test_a_retry_gets_its_first_answer_even_after_the_rate_limit_is_spent(api, alice, bob, eve, chat, settings):
+    """A repeat of a stored (device, client_message_id) is answered with the original id and seq
+    and spends no token; only new envelopes count against the burst."""
+    settings.RATE_LIMITS_ENABLED = True
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "message": "2/600"}
+    url = f"/api/v1/conversations/{chat}/messages"
+    body = {"client_message_id": str(uuid.uuid4()), "recipients": fanout(api, alice, chat, "once")}
+    status, first = api.post(url, body, token=alice.token)
+    assert status == 201
+    assert api.post(url, body, token=alice.token) == (200, first)  # free: the second token is still there
+    assert send(api, alice, chat, "second")[0] == 201
+    status, err = send(api, alice, chat, "third")
+    assert status == 429 and err["error"]["code"] == "rate_limited"
+    status, again = api.post(url, body, token=alice.token)
+    assert status == 200 and again == first and again["seq"] == 1
+    assert Message.objects.count() == 2
+
+
 def test_forged_sender_fields_are_ignored(api, alice, bob, eve, chat):
     """The sender is the authenticated device, whatever the body says."""
     forged = {

@@ -404,3 +404,42 @@ async def test_a_device_offline_across_ten_thousand_envelopes_misses_none(api, a
     assert seqs == list(range(1, 10_001))
     assert await sync_to_async(Delivery.objects.filter(delivered_at__isnull=True).count)() == 0
     await ws.disconnect()
+
+
+@sync_to_async
+def expired_backlog(conversation_id: str, expired: int) -> str:
+    """`expired` envelopes to bob's device whose lifetime is over (not yet purged), then one live
+    one; returns the live one's id."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from messaging.models import Conversation, Message
+
+    conversation = Conversation.objects.get(public_id=conversation_id)
+    alice_device = DeviceRow.objects.get(user__username="alice", device_id=1)
+    bob_device = DeviceRow.objects.get(user__username="bob", device_id=1)
+    past = timezone.now() - timedelta(minutes=1)
+    messages = Message.objects.bulk_create(
+        [
+            Message(conversation=conversation, seq=i, sender_user=alice_device.user, sender_device=alice_device, client_message_id=uuid.uuid4(), expires_at=past if i <= expired else None)
+            for i in range(1, expired + 2)
+        ]
+    )
+    Delivery.objects.bulk_create([Delivery(message=m, device=bob_device, ciphertext=b"c%d" % m.seq) for m in messages])
+    Conversation.objects.filter(pk=conversation.pk).update(last_seq=expired + 1)
+    return str(messages[-1].public_id)
+
+
+async def test_a_page_of_expired_envelopes_does_not_stall_the_backlog(api, alice, bob, eve, chat):
+    """More than a page of expired-but-unpurged envelopes ahead of a live one: bob gets exactly
+    the live one and one backlog frame saying nothing more is waiting."""
+    from messaging.consumers import PAGE_SIZE
+
+    live_id = await expired_backlog(chat, PAGE_SIZE + 50)
+    ws = await connect(bob)
+    frames = await frames_until(ws, "backlog")
+    assert [(f["type"], f.get("id")) for f in frames] == [("envelope", live_id), ("backlog", None)]
+    assert frames[-1]["has_more"] is False
+    assert await silent(ws, 0.5)
+    await ws.disconnect()
