@@ -90,8 +90,11 @@ async function linkThisBrowser() {
   const status = $("link-status");
   try {
     const started = await api.post("/devices/link", engine.linkBegin());
-    $("link-code").textContent = started.code;
-    await drawQr($("link-qr"), `enigmo-link:${started.code}`);
+    // The server's code plus a check over this browser's keys (linkcheck.js), so the approving
+    // device can tell whether the server passed on these keys or its own.
+    const shown = engine.linkDisplay(started.code);
+    $("link-code").textContent = shown.text;
+    await drawQr($("link-qr"), shown.qr);
     status.textContent = "Waiting for approval on your other device…";
     const deadline = Date.now() + started.expires_in * 1000;
     while (Date.now() < deadline) {

@@ -120,3 +120,4 @@ export * from "./protocol/envelope.js";
 export * from "./protocol/safety.js";
 export * from "./protocol/attachments.js";
 export * from "./protocol/content.js";
+export * from "./protocol/linkcheck.js";

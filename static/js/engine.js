@@ -19,6 +19,14 @@ export class EncryptionBlocked extends Error {
   }
 }
 
+export class LinkCheckFailed extends Error {
+  constructor() {
+    super("The keys the server returned do not match the code shown on the new browser. Nothing was sent. Start linking again on the new browser.");
+    this.name = "LinkCheckFailed";
+    this.code = "link_check_failed";
+  }
+}
+
 // The signed statements of keys/signatures.py, built here because user ids are usernames.
 export function certificateMessage(username, deviceId, deviceKey, issuedMs) {
   return C.concat(C.CERT_CONTEXT, usernameBytes(username), C.u32(deviceId), deviceKey, C.u64(issuedMs));
@@ -325,18 +333,30 @@ export class Engine {
   linkBegin() {
     const deviceSeed = rng(32);
     const provisioning = C.dhKeyPairGenerate(rng);
-    this.linking = { deviceSeed, provisioningSecret: provisioning.secret };
+    const deviceKey = C.signingKeyPairFromSeed(deviceSeed).publicKey;
+    this.linking = { deviceSeed, provisioningSecret: provisioning.secret,
+      check: C.linkCheckHash(deviceKey, provisioning.publicKey) };
     return {
-      device_key: C.b64e(C.signingKeyPairFromSeed(deviceSeed).publicKey),
+      device_key: C.b64e(deviceKey),
       provisioning_key: C.b64e(provisioning.publicKey),
       name: deviceName(),
     };
   }
 
-  // The approving browser: certify the new device and seal the account seed to its provisioning key.
-  linkApprove(described) {
-    const issuedMs = Date.now();
+  // What the new browser shows for the server's code: "CODE-CHECK" and the QR text (linkcheck.js).
+  linkDisplay(code) {
+    return C.linkDisplay(code, this.linking.check);
+  }
+
+  // The approving browser: only for keys that match the check the user typed or scanned from the
+  // new browser (parsed by C.linkInputParse), certify the new device and seal the account seed to
+  // its provisioning key. A server that substituted either key is refused here.
+  linkApprove(described, parsed) {
     const deviceKey = C.b64d(described.device_key);
+    if (!C.linkCheckMatches(parsed, deviceKey, C.b64d(described.provisioning_key))) {
+      throw new LinkCheckFailed();
+    }
+    const issuedMs = Date.now();
     const certificate = C.sign(this.account, certificateMessage(this.username, described.device_id, deviceKey, issuedMs));
     const payload = C.utf8(JSON.stringify({ account_seed: C.b64e(this.self.accountSeed), username: this.username }));
     const envelope = seal(C.b64d(described.provisioning_key), payload);
@@ -417,3 +437,4 @@ function deviceName() {
 }
 
 export const bytes = { b64e: (b) => C.b64e(b), b64d: (s) => C.b64d(s), utf8: C.utf8 };
+export const linkInputParse = (text) => C.linkInputParse(text);

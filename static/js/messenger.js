@@ -3,7 +3,7 @@
 // trust warnings, devices and notifications. Rendering lives in ui/chatview.js.
 import * as api from "./api.js";
 import { RelaySocket } from "./socket.js";
-import { EncryptionBlocked } from "./engine.js";
+import { EncryptionBlocked, linkInputParse as parseLinkInput } from "./engine.js";
 import { ChatView } from "./ui/chatview.js";
 import { $, confirmDialog, drawQr } from "./ui/dom.js";
 
@@ -16,6 +16,8 @@ const SERVER_ATTEMPTS = 3;
 const SERVER_RETRY_MS = 1500;
 const OFFLINE_RETRY_MS = 5000;
 const EARLY_RECEIPTS_MAX = 500;
+const PRESENCE_FETCH_MAX = 30; // direct chats whose presence is fetched on (re)connect
+const PRESENCE_FETCH_PARALLEL = 4;
 
 const uuid = () => crypto.randomUUID();
 
@@ -71,7 +73,23 @@ export class Messenger {
 
   onSocketOpen() {
     this.flushOutbox();
-    this.refreshConversations().then(() => this.view.renderList()).catch(() => {});
+    this.refreshConversations().then(() => {
+      this.view.renderList();
+      return this.refreshPresence();
+    }).catch(() => {});
+  }
+
+  // Presence events only report changes: who is online already comes with each conversation's
+  // detail (GET /conversations/{id}), fetched for the most recent direct chats on (re)connect.
+  async refreshPresence() {
+    const direct = [...this.conversations.values()].filter((c) => c.kind === "direct" && !c.left)
+      .sort((a, b) => (b.lastActivity || 0) - (a.lastActivity || 0)).slice(0, PRESENCE_FETCH_MAX);
+    for (let i = 0; i < direct.length; i += PRESENCE_FETCH_PARALLEL) {
+      await Promise.all(direct.slice(i, i + PRESENCE_FETCH_PARALLEL)
+        .map((c) => this.conversationDetail(c.id, { fresh: true }).catch(() => {})));
+    }
+    this.view.renderList();
+    if (this.current) this.view.renderHeader(this.conversations.get(this.current));
   }
 
   // --- conversations ---------------------------------------------------------------------------
@@ -138,6 +156,12 @@ export class Messenger {
     const detail = await api.post(`/conversations/${convId}/members`, { add });
     await this.refreshConversations().catch(() => {}); // replaces the conversation object: detail after
     this.applyDetail(convId, detail);
+    // New members learn the name the same way the first ones did.
+    const conv = this.conversations.get(convId);
+    if (conv?.name) {
+      const content = { type: "meta", id: uuid(), sent_ms: conv.nameMs || Date.now(), name: conv.name };
+      await this.queue(convId, content, { kind: "control", silent: true, noExpiry: true });
+    }
     this.view.renderList();
     return detail;
   }
@@ -203,16 +227,32 @@ export class Messenger {
   async startConversation(usernames, name) {
     const members = [...new Set(usernames.map((u) => u.trim().toLowerCase()).filter((u) => u && u !== this.me))];
     if (!members.length) throw new Error("Enter at least one other username.");
-    const kind = members.length === 1 ? "direct" : "group";
+    // A name makes a group, even with one other member: direct chats have no shared name.
+    const kind = members.length === 1 && !name ? "direct" : "group";
     const detail = await api.post("/conversations", { kind, members });
     await this.refreshConversations();
     const conv = this.conversations.get(detail.id);
-    if (name && conv) {
-      conv.name = name;
-      await this.vault.put(`conv:${conv.id}`, stripDetail(conv));
-    }
     this.view.renderList();
+    if (name && conv) await this.setGroupName(conv.id, name);
     await this.open(detail.id);
+  }
+
+  // The group name travels as an E2EE `meta` control message to every member device (and this
+  // account's other devices), so the server only ever stores ciphertext of it.
+  async setGroupName(convId, name) {
+    const conv = this.conversations.get(convId);
+    const content = { type: "meta", id: uuid(), sent_ms: Date.now(), name };
+    await this.applyMeta(conv, content);
+    await this.queue(convId, content, { kind: "control", silent: true, noExpiry: true });
+  }
+
+  async applyMeta(conv, content) {
+    if (!conv || conv.kind !== "group" || (conv.nameMs || 0) > content.sent_ms) return;
+    conv.name = content.name.trim();
+    conv.nameMs = content.sent_ms;
+    await this.vault.put(`conv:${conv.id}`, stripDetail(conv));
+    this.view.renderList();
+    if (conv.id === this.current) this.view.renderHeader(conv);
   }
 
   async open(convId) {
@@ -652,6 +692,10 @@ export class Messenger {
         await this.applyDelete(convId, content.target, sender);
         this.byServerId.set(frame.id, [convId, content.id]);
         break;
+      case "meta":
+        await this.applyMeta(this.conversations.get(convId), content);
+        this.byServerId.set(frame.id, [convId, content.id]);
+        break;
       case "timer": {
         const conv = this.conversations.get(convId);
         if (conv) conv.timer = content.seconds;
@@ -872,10 +916,18 @@ export class Messenger {
     await api.del(`/devices/${deviceId}`);
   }
 
-  async approveLink(code) {
-    const described = await api.get(`/devices/link/${encodeURIComponent(code.trim().toUpperCase())}`);
-    const body = this.engine.linkApprove(described);
-    await api.post(`/devices/link/${encodeURIComponent(described.code)}`, body);
+  // The input is "CODE-CHECK" as typed, or the QR text; only CODE goes to the server, and nothing
+  // is sent back unless the keys it describes match CHECK (engine.linkApprove).
+  async approveLink(input) {
+    const parsed = parseLinkInput(input);
+    if (!parsed) throw new Error("Enter the whole code shown on the new browser, like ABCDEFGH-KY3DTKFC.");
+    if (!parsed.check && !parsed.hash) {
+      throw new Error("That code has no check part. Enter all 16 characters shown on the new browser, like ABCDEFGH-KY3DTKFC.");
+    }
+    const path = `/devices/link/${encodeURIComponent(parsed.code)}`;
+    const described = await api.get(path);
+    const body = this.engine.linkApprove(described, parsed);
+    await api.post(path, body);
     return described;
   }
 

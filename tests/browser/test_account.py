@@ -47,15 +47,26 @@ def test_onboarding_screen_is_accessible(people):
     assert eve.axe() == []
 
 
-def test_link_a_second_browser_by_short_code_then_see_and_revoke_it(people):
+LINK_CODE = re.compile(r"^[A-HJ-NP-Z2-9]{8}-[A-HJ-NP-Z2-9]{8}$")
+
+
+def start_linking(people):
+    """alice's first browser, and a second browser showing its CODE-CHECK link code."""
     from playwright.sync_api import expect
 
     alice = people("alice").register()
     second = people("alice-laptop").open()
     second.page.get_by_role("button", name="Link this browser").click()
-    expect(second.page.locator("#link-code")).to_have_text(re.compile(r"^[A-Z2-9]{8}$"), timeout=10000)
-    code = second.page.locator("#link-code").text_content()
+    expect(second.page.locator("#link-code")).to_have_text(LINK_CODE, timeout=10000)
+    return alice, second, second.page.locator("#link-code").text_content()
+
+
+def test_link_a_second_browser_by_short_code_then_see_and_revoke_it(people):
+    from playwright.sync_api import expect
+
+    alice, second, shown = start_linking(people)
     second.screenshot("09-link-code")
+    code = shown.lower().replace("-", " ")  # typed loosely: case, spaces and dashes do not matter
 
     alice.page.get_by_role("button", name="Devices").click()
     alice.page.get_by_label("Code shown on the new browser").fill(code)
@@ -68,3 +79,58 @@ def test_link_a_second_browser_by_short_code_then_see_and_revoke_it(people):
     assert alice.axe() == []
     alice.page.get_by_role("button", name=re.compile("^Remove")).click()
     expect(alice.page.locator("#device-list li")).to_have_count(1, timeout=10000)
+
+
+def test_linking_refuses_keys_the_server_substituted_and_sends_nothing(people):
+    """The approver recomputes the check over the keys GET /devices/link/{code} returned: a server
+    that swaps the provisioning key (to read the account seed) or the device key (to get its own
+    key certified) is refused, and the approve POST never leaves the browser. A code without its
+    check part is refused before anything is fetched."""
+    import base64
+    import json
+
+    from playwright.sync_api import expect
+
+    alice, second, shown = start_linking(people)
+    code = shown.split("-")[0]
+    seen: list[str] = []
+    swap = {"field": "provisioning_key"}
+
+    def server_swaps_a_key(route):
+        request = route.request
+        seen.append(request.method)
+        if request.method != "GET":
+            route.abort()  # never reaches the server
+            return
+        response = route.fetch()
+        body = response.json()
+        body[swap["field"]] = base64.b64encode(bytes(range(32))).decode()  # the server's own key
+        route.fulfill(response=response, body=json.dumps(body))
+
+    page = alice.page
+    page.route(f"**/api/v1/devices/link/{code}", server_swaps_a_key)
+    page.get_by_role("button", name="Devices").click()
+    status = page.locator("#link-approve-status")
+    for field in ("provisioning_key", "device_key"):
+        swap["field"] = field
+        page.get_by_label("Code shown on the new browser").fill(shown)
+        page.get_by_role("button", name="Link device").click()
+        expect(status).to_contain_text("do not match the code shown on the new browser", timeout=10000)
+        assert seen == ["GET"], (field, seen)
+        seen.clear()
+        status.evaluate("node => { node.textContent = '' }")
+
+    page.get_by_label("Code shown on the new browser").fill(code)
+    page.get_by_role("button", name="Link device").click()
+    expect(status).to_contain_text("no check part")
+    assert seen == []
+
+    # Typed with a wrong check, even unmodified keys are refused.
+    page.unroute(f"**/api/v1/devices/link/{code}")
+    wrong = code + "-" + ("A" if shown[9] != "A" else "B") + shown[10:]
+    page.get_by_label("Code shown on the new browser").fill(wrong)
+    page.get_by_role("button", name="Link device").click()
+    expect(status).to_contain_text("do not match")
+    expect(page.locator("#device-list li")).to_have_count(1)
+    expect(second.page.locator("#link-status")).to_contain_text("Waiting for approval")
+    assert second.page.locator("body[data-ready=true]").count() == 0

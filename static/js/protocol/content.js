@@ -5,6 +5,7 @@ import { canonicalJson, fromUtf8, utf8 } from "./bytes.js";
 export const CONTENT_VERSION = 1;
 const MAX_BODY_CHARS = 16000;
 const MAX_TIMER_SECONDS = 4 * 7 * 24 * 3600;
+const MAX_NAME_CHARS = 64;
 
 const str = (v) => typeof v === "string";
 const int = (v) => Number.isInteger(v);
@@ -18,6 +19,7 @@ const SCHEMAS = {
   timer: { seconds: [int, true] },
   receipt: { kind: [str, true], targets: [Array.isArray, true] },
   retry: { target: [str, true] },
+  meta: { name: [str, true] }, // the group's name, sent to every member (the server never sees it)
 };
 const ATTACHMENT_FIELDS = { ref: str, key: str, digest: str, size: int, mime: str, name: str };
 export const CONTENT_TYPES = Object.keys(SCHEMAS);
@@ -37,6 +39,7 @@ export function contentValidate(v) {
     if (!check(v[name])) throw fail(`${v.type}.${name} has the wrong type`);
   }
   if (v.type === "text" && codePoints(v.body) > MAX_BODY_CHARS) throw fail("text body too long");
+  if (v.type === "meta" && codePoints(v.name) > MAX_NAME_CHARS) throw fail("group name too long");
   if (v.type === "timer" && !(v.seconds >= 0 && v.seconds <= MAX_TIMER_SECONDS)) throw fail("timer out of range");
   if (v.type === "receipt") {
     if (!["delivered", "read"].includes(v.kind)) throw fail("receipt kind");

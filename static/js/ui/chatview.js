@@ -521,7 +521,8 @@ export class ChatView {
       $("link-approve-code").value = "";
       await this.renderDevices();
     } catch (err) {
-      status.textContent = err.status === 404 ? "That code is unknown or expired." : `Linking failed: ${err.message}`;
+      status.textContent = err.status === 404 ? "That code is unknown or expired."
+        : err.code === "link_check_failed" ? `Refused: ${err.message}` : `Linking failed: ${err.message}`;
     }
   }
 
