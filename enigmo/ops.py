@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -33,11 +35,14 @@ def _check_database() -> bool:
         return False
 
 
-def _check_redis() -> bool:
+CHECK_TIMEOUT_SECONDS = 1.0
+
+
+def _check_redis_url(url: str) -> bool:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis.from_url(url, socket_timeout=CHECK_TIMEOUT_SECONDS, socket_connect_timeout=CHECK_TIMEOUT_SECONDS)
         try:
             return bool(client.ping())
         finally:
@@ -46,12 +51,59 @@ def _check_redis() -> bool:
         return False
 
 
+def _check_broker() -> str:
+    """Reach the Celery broker itself (CELERY_BROKER_URL), which need not be the cache's Redis."""
+    url = settings.CELERY_BROKER_URL
+    if url.startswith("memory://"):
+        return "ok (embedded, no broker)"
+    if url.startswith(("redis://", "rediss://")):
+        return "ok" if _check_redis_url(url) else "down"
+    try:
+        from kombu import Connection
+
+        with Connection(url, connect_timeout=CHECK_TIMEOUT_SECONDS) as conn:
+            conn.ensure_connection(max_retries=0, timeout=CHECK_TIMEOUT_SECONDS)  # one attempt, no back-off
+        return "ok"
+    except Exception:
+        return "down"
+
+
+async def _layer_round_trip(layer: Any) -> bool:
+    # A general (not process-local) channel: its receive reads only this channel's key and never
+    # joins the process-wide receive loop the sockets share. An unread message expires with the
+    # layer's expiry.
+    channel = f"enigmo.health.{uuid.uuid4().hex}"
+    nonce = uuid.uuid4().hex
+    await layer.send(channel, {"type": "health.ping", "nonce": nonce})
+    message = await layer.receive(channel)
+    return message.get("nonce") == nonce
+
+
+def _check_channel_layer() -> str:
+    """A send and a receive on a fresh channel of the configured layer, bounded in time."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+    async def bounded(layer: Any) -> bool:
+        return await asyncio.wait_for(_layer_round_trip(layer), timeout=CHECK_TIMEOUT_SECONDS)
+
+    try:
+        layer = get_channel_layer()
+        if layer is None:
+            return "down"
+        ok = async_to_sync(bounded)(layer)
+    except Exception:
+        return "down"
+    if not ok:
+        return "down"
+    return "ok (in-memory)" if isinstance(layer, InMemoryChannelLayer) else "ok"
+
+
 def readiness() -> dict[str, str]:
-    redis_ok = _check_redis() if settings.REDIS_URL else None
     return {
         "database": "ok" if _check_database() else "down",
-        "channel_layer": ("ok" if redis_ok else "down") if settings.REDIS_URL else "ok (in-memory)",
-        "broker": ("ok" if redis_ok else "down") if settings.REDIS_URL else "ok (embedded, no broker)",
+        "channel_layer": _check_channel_layer(),
+        "broker": _check_broker(),
     }
 
 

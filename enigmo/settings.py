@@ -11,15 +11,63 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 
 
-def _positive_int(name: str, default: int) -> int:
-    value = env.int(name, default=default)
-    if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be a positive integer, got {value}")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _bool(name: str, default: bool) -> bool:
+    """A strict boolean: django-environ reads any unknown word ("ture") as False, we refuse it."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def _int(name: str, default: int, *, minimum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ImproperlyConfigured(f"{name} must be {kind}, got {value}")
     return value
 
 
-DEBUG = env.bool("ENIGMO_DEBUG", default=False)
-PRODUCTION = env.bool("ENIGMO_PRODUCTION", default=False)
+def _positive_int(name: str, default: int) -> int:
+    return _int(name, default, minimum=1)
+
+
+def _optional_positive_int(name: str) -> int | None:
+    """Unset or empty means "choose for me"; anything given must be a positive integer."""
+    if not os.environ.get(name, "").strip():
+        return None
+    return _positive_int(name, 0)
+
+
+def _positive_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ImproperlyConfigured(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+DEBUG = _bool("ENIGMO_DEBUG", False)
+PRODUCTION = _bool("ENIGMO_PRODUCTION", False)
 SECRET_KEY = env.str("ENIGMO_SECRET_KEY", default="")
 if not SECRET_KEY:
     if PRODUCTION:
@@ -155,7 +203,7 @@ PURGE_INTERVAL_SECONDS = _positive_int("ENIGMO_PURGE_INTERVAL_SECONDS", 15)
 CELERY_BEAT_SCHEDULE = {
     "purge-expired": {"task": "messaging.tasks.purge_expired", "schedule": PURGE_INTERVAL_SECONDS},
 }
-EMBEDDED_PURGE = env.bool("ENIGMO_EMBEDDED_PURGE", default=not REDIS_URL)
+EMBEDDED_PURGE = _bool("ENIGMO_EMBEDDED_PURGE", not REDIS_URL)
 
 # --- Auth ---------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
@@ -178,7 +226,7 @@ WS_MAX_AGE_SECONDS = _positive_int("ENIGMO_WS_MAX_AGE", 86400)
 # Frames one socket may send: "burst/seconds per frame" (GCRA); above it → error frame, close 1008.
 WS_FRAME_RATE = env.str("ENIGMO_WS_FRAME_RATE", default="2000/0.005")
 MEDIA_ROOT = Path(env.str("ENIGMO_MEDIA_ROOT", default=str(BASE_DIR / "var" / "media")))
-RATE_LIMITS_ENABLED = env.bool("ENIGMO_RATE_LIMITS", default=True)
+RATE_LIMITS_ENABLED = _bool("ENIGMO_RATE_LIMITS", True)
 
 # --- Static files: our ES modules plus npm packages (libsodium) under /static/npm/ --------
 STATIC_URL = "/static/"
@@ -216,10 +264,10 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 if PRODUCTION:
-    SECURE_HSTS_SECONDS = env.int("ENIGMO_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_SECONDS = _int("ENIGMO_HSTS_SECONDS", 31536000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    SECURE_SSL_REDIRECT = env.bool("ENIGMO_SSL_REDIRECT", default=True)
+    SECURE_SSL_REDIRECT = _bool("ENIGMO_SSL_REDIRECT", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
@@ -259,20 +307,18 @@ for _name, _spec in [*RATE_LIMITS.items(), ("ws_frames", WS_FRAME_RATE)]:
             raise ValueError
     except ValueError:
         raise ImproperlyConfigured(f"rate limit {_name} must look like 'burst/seconds', got {_spec!r}") from None
-COMPAT_ENIGMO_WS = env.bool("ENIGMO_COMPAT_ENIGMO_WS", default=False)
-COMPAT_ENIGMA_V03 = env.bool("ENIGMO_COMPAT_ENIGMA_V03", default=False)
+COMPAT_ENIGMO_WS = _bool("ENIGMO_COMPAT_ENIGMO_WS", False)
+COMPAT_ENIGMA_V03 = _bool("ENIGMO_COMPAT_ENIGMA_V03", False)
 
 # --- Relay tuning -------------------------------------------------------------------------
 # How often a socket re-checks its queue, refreshes presence and re-validates its device; the
 # re-check recovers any nudge the channel layer dropped.
-RELAY_TICK_SECONDS = env.float("ENIGMO_RELAY_TICK_SECONDS", default=15.0)
-# Database worker threads per process for socket work (default: 8 on PostgreSQL, 2 on SQLite).
-RELAY_DB_THREADS = env.int("ENIGMO_RELAY_DB_THREADS", default=0) or None
+RELAY_TICK_SECONDS = _positive_float("ENIGMO_RELAY_TICK_SECONDS", 15.0)
+# Database worker threads per process for socket work (unset: 8 on PostgreSQL, 2 on SQLite).
+RELAY_DB_THREADS = _optional_positive_int("ENIGMO_RELAY_DB_THREADS")
 RELAY_LAYER_CONCURRENCY = _positive_int("ENIGMO_RELAY_LAYER_CONCURRENCY", 24)
 # Undelivered envelopes kept per device; older ones are trimmed and the device told how many.
 DEVICE_QUEUE_CAP = _positive_int("ENIGMO_DEVICE_QUEUE_CAP", 10_000)
 # Compatibility surfaces (docs/compat.md).
-COMPAT_ENIGMA_V03_STRICT = env.bool("ENIGMO_COMPAT_ENIGMA_V03_STRICT", default=False)
+COMPAT_ENIGMA_V03_STRICT = _bool("ENIGMO_COMPAT_ENIGMA_V03_STRICT", False)
 COMPAT_MAX_FRAME_BYTES = _positive_int("ENIGMO_COMPAT_MAX_FRAME_BYTES", 128 * 1024)
-if RELAY_TICK_SECONDS <= 0:
-    raise ImproperlyConfigured("ENIGMO_RELAY_TICK_SECONDS must be positive")

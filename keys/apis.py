@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from enigmo.errors import EnigmoError
 from enigmo.fields import Base64BytesField, StrictCharField, UsernameField
 from keys import selectors, services
-from keys.authentication import SESSION_DEVICE_KEY
+from keys.authentication import session_bind
 from keys.services import PreKeyInput
 
 
@@ -45,7 +45,7 @@ def _auth_failures_logged(request: Request, username: object) -> Iterator[None]:
 def _start_browser_session(request: Request, result: services.LoginResult) -> None:
     # The session cookie is bound to one device; the browser then sends X-CSRFToken.
     django_login(request._request, result.device.user, backend="django.contrib.auth.backends.ModelBackend")
-    request._request.session[SESSION_DEVICE_KEY] = result.device.pk
+    session_bind(request._request.session, device=result.device, token=result.token)
 
 
 def _login_output(request: Request, result: services.LoginResult) -> dict[str, Any]:

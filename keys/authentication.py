@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from datetime import timedelta
 from typing import Any
@@ -15,6 +17,9 @@ from keys.models import Device
 
 logger = logging.getLogger("enigmo.auth")
 SESSION_DEVICE_KEY = "enigmo_device_pk"
+# The session is bound to the login that created it: a digest of the device's token hash at
+# that login. Logging out (or in again) replaces the token hash, so the session dies with it.
+SESSION_LOGIN_KEY = "enigmo_login"
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 
 
@@ -31,13 +36,32 @@ def device_for_token(token: str) -> Device | None:
     return device
 
 
+def session_login_binding(token_hash: str) -> str:
+    """What the session stores to name its login: derived from, never equal to, the token hash."""
+    return hashlib.sha256(f"enigmo-session-v1:{token_hash}".encode()).hexdigest()
+
+
+def session_bind(session: Any, *, device: Device, token: str) -> None:
+    """Tie a fresh browser session to this device and to the login that issued `token`."""
+    session[SESSION_DEVICE_KEY] = device.pk
+    session[SESSION_LOGIN_KEY] = session_login_binding(Device.hash_token(token))
+
+
 def device_for_session(session: Any) -> Device | None:
-    pk = session.get(SESSION_DEVICE_KEY) if session is not None else None
-    if pk is None:
+    """The session's device while the login that created the session is still current."""
+    if session is None:
         return None
-    device = Device.objects.select_related("user").filter(pk=pk, revoked_at__isnull=True, user__is_active=True).first()
-    if device is not None:
-        touch_device(device)
+    pk, binding = session.get(SESSION_DEVICE_KEY), session.get(SESSION_LOGIN_KEY)
+    if pk is None or not binding:
+        return None
+    device = (
+        Device.objects.select_related("user")
+        .filter(pk=pk, revoked_at__isnull=True, user__is_active=True, token_hash__isnull=False)
+        .first()
+    )
+    if device is None or not hmac.compare_digest(session_login_binding(device.token_hash or ""), str(binding)):
+        return None
+    touch_device(device)
     return device
 
 

@@ -143,7 +143,9 @@ def device_login(
 
 
 def device_logout(*, device: Device) -> None:
-    """Invalidate this device's token; its sockets close. The device stays and may log in again."""
+    """End this device's login: its token and every session bound to that login stop working
+    (sessions are tied to the token hash, see keys.authentication), and its sockets close.
+    The device stays and may log in again."""
     with transaction.atomic():
         Device.objects.filter(pk=device.pk).update(token_hash=None)
         notify_devices_closed([device.pk], "logout")

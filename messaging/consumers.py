@@ -32,7 +32,7 @@ from rest_framework import serializers
 from enigmo import ratelimit
 from enigmo.errors import EnigmoError, RateLimited, ValidationFailed, as_enigmo_error
 from enigmo.realtime import device_group, user_group
-from keys.authentication import device_for_session, device_for_token
+from keys.authentication import SESSION_LOGIN_KEY, device_for_session, device_for_token, session_login_binding
 from keys.models import Device
 from keys.signatures import b64decode
 from messaging import presence, relay, selectors, services
@@ -188,11 +188,15 @@ def _authenticate(token: str | None, session: Any) -> Device | None:
     return device
 
 
-def _still_valid(device_pk: int, token_hash: str | None, session: Any) -> bool:
-    devices = Device.objects.filter(pk=device_pk, revoked_at__isnull=True, user__is_active=True, token_hash__isnull=False)
-    if token_hash is not None:
-        return devices.filter(token_hash=token_hash).exists()
-    return devices.exists() and session is not None and session.session_key is not None and session.exists(session.session_key)
+def _session_current(session: Any, token_hash: str) -> bool:
+    """A browser socket's session still exists and still names the device's current login (a
+    logout or a newer login of the device replaced the token hash it was bound to)."""
+    return (
+        session is not None
+        and session.session_key is not None
+        and session.get(SESSION_LOGIN_KEY) == session_login_binding(token_hash)
+        and session.exists(session.session_key)
+    )
 
 
 def _on_disconnect(device: Device, channel_name: str) -> None:
@@ -225,7 +229,7 @@ def _housekeep(sockets: list[tuple[int, int, str, str | None, Any]], revalidate:
             elif token_hash is not None:
                 if tokens[pk] != token_hash:
                     invalid.add(pk)
-            elif session is None or session.session_key is None or not session.exists(session.session_key):
+            elif not _session_current(session, tokens[pk]):
                 invalid.add(pk)
     pending = selectors.devices_with_pending(device_pks=[pk for pk, *_ in alive if pk not in invalid])
     return replaced, invalid, pending

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.conf import settings
 
-from tests.support import Account, b64
+from tests.support import Account, DjangoTransport, b64
 
 
 @pytest.mark.django_db
@@ -111,6 +112,26 @@ def test_logout_revokes_the_token(api, alice):
 
 
 @pytest.mark.django_db
+def test_api_tokens_are_stored_only_as_their_hash(api, alice):
+    """The Device row (and the session store) hold SHA-256 of the token, never the token itself."""
+    import hashlib
+
+    from django.contrib.sessions.models import Session
+    from django.forms.models import model_to_dict
+
+    from keys.models import Device
+
+    alice.login(api)  # a second login: the stored hash follows the newest token
+    device = Device.objects.get(user__username="alice", device_id=1)
+    assert device.token_hash == hashlib.sha256(alice.token.encode()).hexdigest()
+    stored = [str(v) for v in model_to_dict(device).values()] + [str(device.token_hash)]
+    assert not any(alice.token in value for value in stored)
+    for session in Session.objects.all():
+        assert alice.token not in session.session_data and alice.token not in str(session.get_decoded())
+        assert device.token_hash not in str(session.get_decoded())
+
+
+@pytest.mark.django_db
 def test_unauthenticated_calls_are_refused(api):
     status, body = api.get("/api/v1/devices")
     assert status == 401 and body["error"]["code"] == "not_authenticated"
@@ -134,6 +155,67 @@ def test_browser_session_needs_csrf_for_writes(client):
     accepted = browser.post("/api/v1/auth/logout", content_type="application/json", HTTP_X_CSRFTOKEN=csrf)
     assert accepted.status_code == 204
     assert browser.get("/api/v1/devices").status_code == 401
+
+
+def _browser_login(browser, account: Account) -> tuple[str, str]:
+    """Register `account` from `browser`; returns (token, csrf token). The browser keeps the cookie."""
+    nonce = account.challenge(_Bare(browser))
+    response = browser.post("/api/v1/auth/register", account.register_payload(nonce), content_type="application/json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    return body["token"], body["csrf_token"]
+
+
+def _token_get(path: str, token: str):
+    from django.test import Client
+
+    return Client().get(path, HTTP_AUTHORIZATION=f"Token {token}")
+
+
+@pytest.mark.django_db
+def test_logout_with_the_token_also_ends_the_session_cookie():
+    """One login gives a token and a session cookie; logging out with the token ends both."""
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    token, _ = _browser_login(browser, Account("carol"))
+    assert browser.get("/api/v1/devices").status_code == 200
+    logout = Client().post("/api/v1/auth/logout", content_type="application/json", HTTP_AUTHORIZATION=f"Token {token}")
+    assert logout.status_code == 204
+    assert _token_get("/api/v1/devices", token).status_code == 401
+    refused = browser.get("/api/v1/devices")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "not_authenticated"
+
+
+@pytest.mark.django_db
+def test_logout_with_the_session_also_ends_the_token():
+    """Logging out from the browser (session + CSRF) ends the token issued by the same login."""
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    token, csrf = _browser_login(browser, Account("carol"))
+    assert _token_get("/api/v1/devices", token).status_code == 200
+    assert browser.post("/api/v1/auth/logout", content_type="application/json", HTTP_X_CSRFTOKEN=csrf).status_code == 204
+    assert browser.get("/api/v1/devices").status_code == 401
+    assert _token_get("/api/v1/devices", token).status_code == 401
+
+
+@pytest.mark.django_db
+def test_a_session_outlived_by_its_login_stays_dead_after_the_device_logs_in_again():
+    """A stolen cookie from before a logout does not come back to life when the device logs in anew."""
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    carol = Account("carol")
+    token, _ = _browser_login(browser, carol)
+    old_cookie = browser.cookies[settings.SESSION_COOKIE_NAME].value
+    Client().post("/api/v1/auth/logout", content_type="application/json", HTTP_AUTHORIZATION=f"Token {token}")
+    carol.device.token = None
+    carol.login(DjangoTransport(Client()))
+    assert _token_get("/api/v1/devices", carol.token).status_code == 200
+    thief = Client()
+    thief.cookies[settings.SESSION_COOKIE_NAME] = old_cookie
+    assert thief.get("/api/v1/devices").status_code == 401
 
 
 class _Bare:

@@ -43,8 +43,9 @@ def test_dockerfile_runs_as_non_root():
 
 def test_env_example_lists_every_variable_settings_read():
     settings_src = (ROOT / "enigmo" / "settings.py").read_text()
-    read = set(re.findall(r'env\.\w+\(\s*"([A-Z0-9_]+)"', settings_src)) | set(re.findall(r'env\("([A-Z0-9_]+)"', settings_src))
-    read |= set(re.findall(r'_positive_int\("([A-Z0-9_]+)"', settings_src))
+    # env.str(...), env(...) and the strict readers (_bool, _int, _positive_int, ...).
+    read = set(re.findall(r'(?:\benv\.\w+|\benv|\b_[a-z_]+)\(\s*"([A-Z0-9_]+)"', settings_src))
+    assert {"ENIGMO_DEBUG", "ENIGMO_RATE_LIMITS", "ENIGMO_RELAY_DB_THREADS", "ENIGMO_RELAY_TICK_SECONDS"} <= read, "pattern is stale"
     listed = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / "docker" / "env.example").read_text(), re.M))
     assert read, "no variables found: the pattern is stale"
     assert read - listed == set()
@@ -57,6 +58,82 @@ def test_settings_fail_loudly_on_a_bad_value():
     env = {**os.environ, "REDIS_URL": "http://nope", "DJANGO_SETTINGS_MODULE": "enigmo.settings"}
     result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "REDIS_URL must start with redis://" in result.stderr
+
+
+# Run the real settings file once per case in one child process (fast), reporting each outcome.
+_SETTINGS_CASES = r"""
+import json, os, runpy, sys
+from django.core.exceptions import ImproperlyConfigured
+base = dict(os.environ)
+out = []
+for overrides in json.loads(sys.argv[1]):
+    os.environ.clear(); os.environ.update(base); os.environ.update(overrides)
+    try:
+        ns = runpy.run_path("enigmo/settings.py")
+        out.append({"ok": {k: ns[k] for k in ("DEBUG", "RATE_LIMITS_ENABLED", "EMBEDDED_PURGE", "RELAY_DB_THREADS")}})
+    except ImproperlyConfigured as exc:
+        out.append({"error": str(exc)})
+print(json.dumps(out))
+"""
+
+
+def _settings_outcomes(cases: list[dict[str, str]]) -> list[dict]:
+    import json
+
+    names = {"DATABASE_URL", "REDIS_URL", "ENIGMO_PRODUCTION", "ENIGMO_EMBEDDED_PURGE"} | {k for case in cases for k in case}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    result = subprocess.run(
+        [sys.executable, "-c", _SETTINGS_CASES, json.dumps(cases)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("ENIGMO_RATE_LIMITS", "ture"),
+        ("ENIGMO_DEBUG", "enabled"),
+        ("ENIGMO_EMBEDDED_PURGE", ""),
+        ("ENIGMO_COMPAT_ENIGMA_V03_STRICT", "2"),
+    ],
+)
+def test_settings_refuse_a_boolean_they_cannot_read(name, value):
+    """django-environ reads an unknown word as False; ours stops with the variable's name."""
+    [outcome] = _settings_outcomes([{name: value}])
+    assert "error" in outcome, outcome
+    assert outcome["error"].startswith(f"{name} must be one of 1/0, true/false, yes/no, on/off")
+
+
+def test_settings_read_every_spelling_of_a_boolean():
+    """1/0, true/false, yes/no and on/off, in any case and with stray spaces, are accepted."""
+    spellings = {"1": True, "TRUE": True, " yes ": True, "On": True, "0": False, "False": False, "NO": False, "off": False}
+    outcomes = _settings_outcomes([{"ENIGMO_RATE_LIMITS": raw, "ENIGMO_DEBUG": raw} for raw in spellings])
+    for (raw, expected), outcome in zip(spellings.items(), outcomes, strict=True):
+        assert outcome == {"ok": {"DEBUG": expected, "RATE_LIMITS_ENABLED": expected, "EMBEDDED_PURGE": True, "RELAY_DB_THREADS": None}}, raw
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("ENIGMO_RELAY_DB_THREADS", "0", "ENIGMO_RELAY_DB_THREADS must be a positive integer, got 0"),
+        ("ENIGMO_RELAY_DB_THREADS", "-4", "ENIGMO_RELAY_DB_THREADS must be a positive integer, got -4"),
+        ("ENIGMO_RELAY_DB_THREADS", "four", "ENIGMO_RELAY_DB_THREADS must be an integer, got 'four'"),
+        ("ENIGMO_MAX_DEVICES", "0", "ENIGMO_MAX_DEVICES must be a positive integer, got 0"),
+        ("ENIGMO_WS_PING_INTERVAL", "2.5", "ENIGMO_WS_PING_INTERVAL must be an integer, got '2.5'"),
+        ("ENIGMO_RELAY_TICK_SECONDS", "0", "ENIGMO_RELAY_TICK_SECONDS must be a positive number"),
+        ("ENIGMO_RELAY_TICK_SECONDS", "soon", "ENIGMO_RELAY_TICK_SECONDS must be a number"),
+    ],
+)
+def test_settings_refuse_a_number_that_is_not_positive(name, value, message):
+    """Counts and intervals must be positive; the error names the variable and the bad value."""
+    [outcome] = _settings_outcomes([{name: value}])
+    assert outcome.get("error", "").startswith(message), outcome
+
+
+def test_relay_db_threads_unset_or_empty_means_the_default_and_a_positive_value_is_kept():
+    outcomes = _settings_outcomes([{}, {"ENIGMO_RELAY_DB_THREADS": ""}, {"ENIGMO_RELAY_DB_THREADS": "3"}])
+    assert [o["ok"]["RELAY_DB_THREADS"] for o in outcomes] == [None, None, 3]
 
 
 def test_production_settings_pass_the_deploy_check():

@@ -83,6 +83,30 @@ def test_identical_reupload_is_a_no_op_and_conflicts_are_409(api, alice):
     assert status == 409 and body["error"]["code"] == "prekey_conflict"
 
 
+def test_reusing_a_signed_prekey_id_with_other_bytes_is_409_and_keeps_the_original(api, alice, bob):
+    """A validly signed prekey under a known key id but with another public key is a conflict,
+    not a silent replacement: bundles keep serving the prekey first stored under that id."""
+    from nacl.public import PrivateKey
+
+    from keys.signatures import signed_prekey_message
+
+    original = bytes(alice.device.signed_prekey.public_key)
+    other = bytes(PrivateKey.generate().public_key)
+    payload = {
+        "signed_prekey": {
+            "key_id": 1,  # the id alice's fixture upload used
+            "public_key": b64(other),
+            "signature": b64(alice.device.identity.sign(signed_prekey_message(other)).signature),
+        }
+    }
+    status, body = api.post("/api/v1/keys/prekeys", payload, token=alice.token)
+    assert status == 409 and body["error"]["code"] == "prekey_conflict"
+    status, bundle = api.get("/api/v1/keys/prekeys/alice", token=bob.token)
+    assert status == 200
+    spk = bundle["devices"][0]["signed_prekey"]
+    assert spk["key_id"] == 1 and unb64(spk["public_key"]) == original
+
+
 def test_bundle_hands_out_each_one_time_prekey_once_oldest_first(api, alice, bob):
     uploaded = list(bob.device.one_time_prekeys)
     seen = []

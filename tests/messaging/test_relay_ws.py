@@ -203,6 +203,23 @@ async def test_unauthenticated_and_origin_rules(api, alice, bob, eve, chat):
     assert await closed_with(ws) == 4401
 
 
+async def test_a_browser_socket_dies_with_its_login(api, alice, bob, eve, chat):
+    """A session socket is bound to the login that made the session: when the device logs in
+    again (a new token replaces the old), the periodic re-check closes the old session's
+    socket (4401), and that cookie cannot open a new one."""
+    client = Client()
+    nonce = await sync_to_async(alice.challenge)(api)
+    response = await sync_to_async(client.post)("/api/v1/auth/login", alice.login_payload(nonce), content_type="application/json")
+    assert response.status_code == 200
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    ws = await connect(cookie=cookie, origin="http://127.0.0.1:8000")
+    assert (await next_of(ws, "backlog"))["has_more"] is False
+    await sync_to_async(alice.login)(api)  # the same device, a new login elsewhere
+    assert await closed_with(ws, timeout=5) == 4401
+    again = await connect(cookie=cookie, origin="http://127.0.0.1:8000")
+    assert await closed_with(again) == 4401
+
+
 async def test_malformed_and_unknown_frames_get_errors(api, alice, bob, eve, chat):
     ws = await connect(alice)
     await next_of(ws, "backlog")
