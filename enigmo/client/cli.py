@@ -58,7 +58,8 @@ def build_parser() -> Parser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for approval (default 600)")
 
     p = sub.add_parser("approve", help="approve a device that is showing a link code")
-    p.add_argument("code")
+    p.add_argument("code", nargs="+", help="CODE-CHECK as the new device shows it (spaces and case do not matter), "
+                                           "or its enigmo-link:… QR payload")
 
     sub.add_parser("devices", help="list this account's devices")
     sub.add_parser("conversations", help="list conversations")
@@ -222,12 +223,13 @@ def cmd_link(args: argparse.Namespace) -> None:
         link = device.store.data.get("link")
         if not link:
             raise ClientError(f"{path} already belongs to a device; use another --store or --profile")
-        code = link["code"]
     else:
-        device, code = LocalDevice.link_start(path, passphrase(args, confirm=True), server=server_url(args),
-                                              device_name=args.device_name)
+        device, _ = LocalDevice.link_start(path, passphrase(args, confirm=True), server=server_url(args),
+                                           device_name=args.device_name)
+    code = device.link_code
     print(f"Link code: {code}")
-    print(f"On a device that is already logged in, run:  python -m enigmo.client approve {code}", flush=True)
+    print(f"On a device that is already logged in, run:  python -m enigmo.client approve {code}")
+    print(f"(or paste the QR payload instead: {device.link_qr})", flush=True)
     try:
         device.link_wait(timeout=args.timeout)
     except ApiError as err:
@@ -240,7 +242,7 @@ def cmd_link(args: argparse.Namespace) -> None:
 
 def cmd_approve(args: argparse.Namespace) -> None:
     device = open_device(args)
-    added = device.link_approve(args.code)
+    added = device.link_approve(" ".join(args.code))
     print(f"Approved device {added['device_id']} ({added['name'] or 'unnamed'}) for {device.username}.")
 
 
@@ -328,7 +330,8 @@ def cmd_history(args: argparse.Namespace) -> None:
     conversation_id = device.resolve(args.conversation)
     device.catch_up(conversation_id)
     directory = save_dir(args)
-    for h in device.history(conversation_id):
+    shown = device.history(conversation_id)
+    for h in shown:
         saved = None
         if h["attachment"] and not h["mine"]:
             try:
@@ -345,10 +348,14 @@ def cmd_history(args: argparse.Namespace) -> None:
             body = f"[file {h['attachment']['name']}, {h['attachment']['size']} bytes] {body}".rstrip()
         expiry = "  (disappearing)" if h["expires_at"] else ""
         print(f"#{h['seq']:<4} {when(h['sent_ms'])} {who}: {body}{expiry}" + (f"  -> {saved}" if saved else ""))
+    if shown:  # what was printed has been read: `conversations` stops counting it as unread
+        device.mark_read(conversation_id, max(h["seq"] for h in shown))
 
 
 def cmd_safety(args: argparse.Namespace) -> None:
     device = open_device(args)
+    if args.user.lower() == device.username:
+        raise UsageError("that is you: a safety number compares your keys with someone else's")
     result = device.safety(args.user.lower(), verify=args.verify, accept=args.accept)
     digits = result["formatted"].split()
     print(f"Safety number with {args.user.lower()}:")
@@ -401,8 +408,9 @@ def explain(err: ApiError) -> str:
         "rate_limited": "too many requests" + (f"; retry in {err.retry_after}s" if err.retry_after else ""),
         "not_found": "not found, or not yours",
     }
-    detail = hints.get(err.code, err.message)
+    detail = hints.get(err.code, err.detail)
     extra = ""
-    if err.code == "invalid" and err.extra.get("fields"):
-        extra = f" ({err.extra['fields']})"
+    fields = err.extra.get("fields")
+    if err.code == "invalid" and isinstance(fields, dict) and not all(str(name) in detail for name in fields):
+        extra = f" ({fields})"
     return f"{detail}{extra} [{err.status} {err.code}]"

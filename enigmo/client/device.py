@@ -16,6 +16,7 @@ from typing import Any
 
 from enigmo.protocol import attachments as att
 from enigmo.protocol import keys as k
+from enigmo.protocol import linkcheck
 from enigmo.protocol.content import content_build, content_parse
 from enigmo.protocol.encoding import b64d, b64e
 from enigmo.protocol.envelope import device_address, envelope_encrypt
@@ -169,8 +170,9 @@ class LocalDevice:
     def link_start(cls, path: str | Path, passphrase: str, *, server: str, device_name: str = "enigmo-cli",
                    rng: Rng = system_rng, opslimit: int = OPSLIMIT, memlimit: int = MEMLIMIT,
                    **kw: Any) -> tuple["LocalDevice", str]:
-        """The new device: announce a device key and a provisioning key; returns the code to
-        approve on an existing device. Finish with `link_wait`."""
+        """The new device: announce a device key and a provisioning key; returns what to type on an
+        existing device, `CODE-CHECK` (the check binds the code to these two keys). Finish with
+        `link_wait`."""
         api = Api(server)
         device_seed = rng(32)
         prov = k.DhKeyPair.generate(rng)
@@ -188,12 +190,30 @@ class LocalDevice:
             raise
         with store.transaction() as data:
             data["link"] = {"secret": started["secret"], "provisioning": b64e(prov.secret), "code": started["code"]}
-        return cls(store, rng=rng, **kw), started["code"]
+        device = cls(store, rng=rng, **kw)
+        return device, device.link_code
 
     @classmethod
     def resume(cls, path: str | Path, passphrase: str, **kw: Any) -> "LocalDevice":
         """Open a store whatever its state (used to finish a link)."""
         return cls(KeyStore.open(path, passphrase), **kw)
+
+    def _link_keys(self) -> tuple[str, bytes, bytes]:
+        link = self.store.data.get("link")
+        if not link:
+            raise ClientError("this store is not waiting for a link")
+        provisioning_public = k.DhKeyPair.from_secret(b64d(link["provisioning"])).public
+        return link["code"], self.identity.public, provisioning_public
+
+    @property
+    def link_code(self) -> str:
+        """`CODE-CHECK`, to be typed into the approving device."""
+        return linkcheck.link_display(*self._link_keys())
+
+    @property
+    def link_qr(self) -> str:
+        """`enigmo-link:CODE:<hex>`, the same with the full 256-bit check, for a QR code or a paste."""
+        return linkcheck.link_qr_payload(*self._link_keys())
 
     def link_wait(self, timeout: float = 600.0) -> None:
         link = self.store.data.get("link")
@@ -228,17 +248,36 @@ class LocalDevice:
         self.prekeys_refresh()
 
     def link_approve(self, code: str) -> dict[str, Any]:
-        """An existing device: certify the new device key and seal the account key to it."""
-        described = self._call("GET", f"/devices/link/{code.strip().upper()}")
+        """An existing device: check that the keys the server returns for the code are the ones the
+        new device showed (`CODE-CHECK` or its QR payload), then certify the new device key and seal
+        the account key to it. Only CODE goes to the server; on any mismatch nothing is approved."""
+        try:
+            given = linkcheck.link_input_parse(code)
+        except ProtocolError as exc:
+            raise ClientError(f"not a link code: {exc.detail}", code=exc.code) from None
+        if given.check is None and given.full_hash is None:
+            raise ClientError("type the whole code the new device shows, CODE-CHECK (for example "
+                              "K7XQ2M9P-KY3DTKFC); the part after the dash proves the server did not swap "
+                              "its keys. Nothing was approved.", code="link_check_missing")
+        described = self._call("GET", f"/devices/link/{given.code}")
         if described["user_id"] != self.username:
             raise ClientError("that link code belongs to another account")
+        try:
+            device_key, provisioning_key = b64d(described["device_key"]), b64d(described["provisioning_key"])
+            if described.get("code", given.code).upper() != given.code:
+                raise ProtocolError("link_check_mismatch", "the server described another code")
+            linkcheck.link_check_verify(given, device_key, provisioning_key)
+        except (ProtocolError, ValueError, TypeError):
+            raise ClientError("the check in the code does not match the keys the server returned for it: "
+                              "a typo, or a server substituting another device. Nothing was approved; compare "
+                              "the code with the one the new device shows and try again.",
+                              code="link_check_mismatch") from None
         issued = now_ms()
-        device_key = b64d(described["device_key"])
         cert = k.device_certificate_sign(self.account, user_id=self.username, device_id=described["device_id"],
                                          device_key=device_key, issued_ms=issued)
-        envelope = provisioning.seal(b64d(described["provisioning_key"]),
+        envelope = provisioning.seal(provisioning_key,
                                      {"account_seed": b64e(self.account_seed), "username": self.username}, self.rng)
-        return self._call("POST", f"/devices/link/{code.strip().upper()}", {
+        return self._call("POST", f"/devices/link/{given.code}", {
             "device_id": described["device_id"],
             "certificate": b64e(cert.signature),
             "issued_ms": issued,
@@ -694,6 +733,11 @@ class LocalDevice:
         if not any(h["id"] == message_id for h in history):
             history.append(entry)
             history.sort(key=lambda h: h["seq"])
+
+    def mark_read(self, conversation_id: str, seq: int) -> int:
+        """Tell the server this user has read CONV up to `seq` (it sends read receipts only if the
+        user's privacy settings allow them)."""
+        return self._call("POST", f"/conversations/{conversation_id}/mark-read", {"seq": seq})["seq"]
 
     def history(self, conversation_id: str) -> list[dict[str, Any]]:
         """This device's local copy of a conversation, after expired messages are removed."""

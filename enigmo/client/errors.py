@@ -20,6 +20,7 @@ class ApiError(ClientError):
     def __init__(self, status: int, code: str, message: str, extra: dict[str, Any] | None = None,
                  retry_after: int | None = None) -> None:
         super().__init__(f"server said {status} {code}: {message}", code=code)
+        self.detail = message  # the server's own words, without the status and code
         self.status = status
         self.extra = extra or {}
         self.retry_after = retry_after

@@ -30,4 +30,7 @@ CODES = (
     "trailing_bytes",
     "digest_mismatch",
     "bad_content",
+    "bad_link_code",  # device linking: input that is neither CODE-CHECK nor enigmo-link:CODE:HEX
+    "link_check_missing",  # device linking: a bare CODE, without the check that binds the keys
+    "link_check_mismatch",  # device linking: the server returned keys other than the new device showed
 )

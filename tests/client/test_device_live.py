@@ -1,5 +1,6 @@
 """LocalDevice against a real server: the 409 device-mismatch retry, the prekey top-up, a fresh
-login when the token is gone, and sending blocked after a verified contact's key changed."""
+login when the token is gone, sending blocked after a verified contact's key changed, and a link
+refused when the server substitutes the new device's keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from enigmo.client.device import LocalDevice
 from enigmo.client.errors import ApiError, ClientError
 from enigmo.protocol.encoding import b64e
+from enigmo.protocol.keys import DhKeyPair
+from enigmo.protocol.rng import system_rng
 
 pytestmark = pytest.mark.live
 FAST = {"opslimit": nacl.pwhash.argon2id.OPSLIMIT_MIN, "memlimit": nacl.pwhash.argon2id.MEMLIMIT_MIN}
@@ -77,3 +80,32 @@ def test_a_verified_contacts_key_change_blocks_sending_until_accepted(pair):
         alice.send_text(conversation, "blocked?")
     assert alice.safety("bob", accept=True)["status"] == "ok"
     assert alice.send_text(conversation, "after accepting").recipients == 1
+
+
+def test_a_server_substituting_the_provisioning_key_gets_nothing_approved(pair, live, tmp_path):
+    """A man in the middle swaps the new device's provisioning key in the link description:
+    approve refuses, the link stays pending, and the genuine code then links the device."""
+    _, bob, _ = pair
+    laptop, shown = LocalDevice.link_start(tmp_path / "laptop.json", "pw", server=live.http_url, **FAST)
+    real = bob.api.request
+
+    def substituting(method, path, body=None, **kw):
+        answer = real(method, path, body, **kw)
+        if method == "GET" and path.startswith("/devices/link/"):
+            answer = {**answer, "provisioning_key": b64e(DhKeyPair.generate(system_rng).public)}
+        return answer
+
+    bob.api.request = substituting
+    try:
+        with pytest.raises(ClientError, match="Nothing was approved"):
+            bob.link_approve(shown)
+    finally:
+        bob.api.request = real
+    secret = laptop.store.data["link"]["secret"]
+    assert laptop.api.post("/devices/link/poll", {"secret": secret}, auth=False)["status"] == "pending"
+    assert [d["device_id"] for d in bob.devices()] == [1]
+    with pytest.raises(ClientError, match="CODE-CHECK"):
+        bob.link_approve(shown.split("-")[0])
+    assert bob.link_approve(shown)["device_id"] == 2
+    laptop.link_wait(timeout=10)
+    assert (laptop.username, laptop.device_id) == ("bob", 2)

@@ -289,7 +289,8 @@ def test_cli_register_link_send_follow_history_safety(cast, live):
         (("send", "nobody", "x"), "no conversation 'nobody'"),
         (("start", "nobody"), "user_not_found"),
         (("send",), "required"),
-        (("approve", "NOPE1234"), "link_not_found"),
+        (("approve", "NPQR2345-AAAAAAAA"), "link_not_found"),
+        (("approve", "NPQR2345"), "Nothing was approved"),
         (("--server", "http://127.0.0.1:9", "conversations"), "cannot reach"),
     ]:
         failed = cli(live, dave, *args, check=False)
@@ -307,19 +308,62 @@ def test_cli_register_link_send_follow_history_safety(cast, live):
 
 
 def _forms(data: bytes) -> list[bytes]:
+    """`data` raw, as hex (either case), and as base64 (standard and URL-safe, with and without
+    padding) on its own."""
     std = base64.b64encode(data)
     url = base64.urlsafe_b64encode(data)
     return [data, data.hex().encode(), data.hex().upper().encode(), std, std.rstrip(b"="), url, url.rstrip(b"=")]
 
 
+def _embedded_base64_forms(data: bytes) -> list[bytes]:
+    """The base64 characters that `data` always produces inside a longer base64 string, for each
+    of the three byte alignments it can start at (standard and URL-safe alphabets)."""
+    out = []
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + data)
+        core = encoded[-(-shift * 8 // 6):(shift + len(data)) * 8 // 6]  # whole 6-bit groups of data only
+        if len(core) >= 16:  # shorter runs could match by chance
+            out += [core, core.translate(bytes.maketrans(b"+/", b"-_"))]
+    return out
+
+
+def _plaintext_forms(text: bytes) -> list[bytes]:
+    return _forms(text) + _embedded_base64_forms(text)
+
+
+def test_embedded_base64_forms_find_a_plaintext_at_any_alignment():
+    text = b"a plaintext hidden in a longer base64 string"
+    for prefix in (b"", b"x", b"xy", b"xyz"):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            haystack = encode(prefix + text + b"tail")
+            assert any(form in haystack for form in _embedded_base64_forms(text)), (prefix, encode)
+    assert not any(form in base64.b64encode(b"x" + text[:-8]) for form in _embedded_base64_forms(text))
+
+
 def _dump_database(live) -> bytes:
+    """Every row as SQL (Python's sqlite3 `iterdump`, or `pg_dump` for PostgreSQL); for SQLite
+    also the raw database, -wal and -shm files, which can still hold deleted rows."""
     url = live.database_url
     if url.startswith("sqlite"):
+        import sqlite3
+
         path = Path(urlsplit(url).path)
-        dump = subprocess.run(["sqlite3", str(path), ".dump"], capture_output=True, check=True, timeout=60).stdout
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            dump = "\n".join(conn.iterdump()).encode("utf-8", "surrogateescape")
+        finally:
+            conn.close()
         raw = b"".join(f.read_bytes() for f in path.parent.glob(path.name + "*"))  # the file, -wal and -shm
         return dump + raw
     return subprocess.run(["pg_dump", url], capture_output=True, check=True, timeout=60).stdout
+
+
+@pytest.mark.skipif(PRODUCTION, reason="the SQLite dump; PostgreSQL is dumped with pg_dump")
+def test_the_sqlite_dump_needs_no_sqlite3_binary(live, monkeypatch, tmp_path):
+    """A fresh machine has Python's sqlite3 module but not necessarily the `sqlite3` program."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to run on it
+    dump = _dump_database(live)
+    assert b"CREATE TABLE" in dump and b'INSERT INTO "keys_device"' in dump
 
 
 def _dump_redis(live) -> bytes:
@@ -351,14 +395,15 @@ def _dump_redis(live) -> bytes:
 def test_server_holds_no_plaintext_and_no_private_keys(cast, live):
     snapshot(cast["alice"], cast["bob"], cast["bob2"], cast["carol"])
     database = _dump_database(live)
-    assert b"messaging_delivery" in database or b"messaging_message" in database  # a real dump
+    assert b"INSERT INTO" in database or b"COPY " in database  # a real dump, with rows
+    assert b"messaging_delivery" in database or b"messaging_message" in database
     redis_dump = _dump_redis(live)
     if PRODUCTION:
         assert redis_dump, "the production profile's Redis namespace should not be empty"
     media = b"".join(f.read_bytes() for f in Path(live.media_root).rglob("*") if f.is_file())
     assert len(PLAINTEXTS) > 20 and len(SECRETS) > 100
     for name, haystack in (("database", database), ("redis", redis_dump), ("media", media)):
-        leaks = [text for text in PLAINTEXTS if any(form in haystack for form in _forms(text)[:3])]
+        leaks = [text for text in PLAINTEXTS if any(form in haystack for form in _plaintext_forms(text))]
         assert not leaks, f"plaintext in the {name} dump: {leaks[:3]}"
         keys = [secret.hex()[:16] for secret in SECRETS if any(form in haystack for form in _forms(secret))]
         assert not keys, f"{len(keys)} private key(s) in the {name} dump, e.g. {keys[:3]}"
