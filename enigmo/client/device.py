@@ -534,6 +534,9 @@ class LocalDevice:
                          timer=detail.get("disappearing_seconds") or 0)
             if name:
                 local["name"] = name
+        if name and detail["kind"] == "group":
+            # Every member learns the name end-to-end; the server keeps only ciphertext.
+            self.send_content(detail["id"], "meta", kind="control", name=name)
         return detail
 
     def resolve(self, ref: str) -> str:
@@ -706,6 +709,8 @@ class LocalDevice:
                               msg.expires_at, msg.mine)
         elif kind == "timer":
             conv["timer"] = content["seconds"]
+        elif kind == "meta":
+            conv["name"] = content["name"]
         elif kind == "delete":
             history = data["history"].get(msg.conversation_id, [])
             data["history"][msg.conversation_id] = [h for h in history
@@ -714,9 +719,13 @@ class LocalDevice:
     def _remember(self, conversation_id: str, message_id: str, seq: int, sender: str, device_id: int,
                   content: dict[str, Any], expires_at: str | None, *, mine: bool) -> None:
         if content["type"] not in ("text", "attachment"):
-            if content["type"] == "timer":
+            if content["type"] in ("timer", "meta"):
                 with self.store.transaction() as data:
-                    data["conversations"].setdefault(conversation_id, {"name": None})["timer"] = content["seconds"]
+                    conv = data["conversations"].setdefault(conversation_id, {"name": None})
+                    if content["type"] == "timer":
+                        conv["timer"] = content["seconds"]
+                    else:
+                        conv["name"] = content["name"]
             return
         with self.store.transaction() as data:
             self._history_add(data, conversation_id, message_id, seq, sender, device_id, content, expires_at, mine)

@@ -1,4 +1,4 @@
-"""The E2EE plaintext: versioned canonical JSON for text, attachments, reactions, deletes, timers, receipts, retries."""
+"""The E2EE plaintext: versioned canonical JSON for text, attachments, reactions, deletes, timers, receipts, retries, group names."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .errors import ProtocolError
 CONTENT_VERSION = 1
 MAX_BODY_CHARS = 16_000
 MAX_TIMER_SECONDS = 4 * 7 * 24 * 3600
+MAX_NAME_CHARS = 64
 
 # field -> (type, required); "id" and "sent_ms" are common to every type.
 _SCHEMAS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
@@ -21,6 +22,7 @@ _SCHEMAS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "timer": {"seconds": (int, True)},
     "receipt": {"kind": (str, True), "targets": (list, True)},
     "retry": {"target": (str, True)},
+    "meta": {"name": (str, True)},  # a group's name, sent to every member (the server never sees it)
 }
 _ATTACHMENT_FIELDS = {"ref": str, "key": str, "digest": str, "size": int, "mime": str, "name": str}
 CONTENT_TYPES = tuple(_SCHEMAS)
@@ -55,6 +57,8 @@ def content_validate(value: Any) -> dict[str, Any]:
             raise _fail(f"{kind}.{name} has the wrong type")
     if kind == "text" and len(value["body"]) > MAX_BODY_CHARS:
         raise _fail("text body too long")
+    if kind == "meta" and len(value["name"]) > MAX_NAME_CHARS:
+        raise _fail("group name too long")
     if kind == "timer" and not 0 <= value["seconds"] <= MAX_TIMER_SECONDS:
         raise _fail("timer seconds out of range")
     if kind == "receipt":

@@ -117,12 +117,13 @@ def test_a_group_with_a_timer_and_an_expiring_message(people):
     group = alice.out("group", "friends", "bob", "carol").strip()
     assert re.fullmatch(UUID, group)
     assert "to 2 device(s)" in alice.out("send", "friends", "hello friends")
-    for person in (bob, carol):
-        [got] = person.follow_json(1)
+    for person in (bob, carol):  # the group's name first, end-to-end encrypted, then the message
+        meta, got = person.follow_json(2)
+        assert (meta["conversation_id"], meta["content"]["type"], meta["content"]["name"]) == (group, "meta", "friends")
         assert (got["conversation_id"], got["sender"], got["content"]["body"]) == (group, "alice", "hello friends")
 
     sent = bob.out("send", group, "this one disappears", "--expires", "300")
-    assert re.fullmatch(r"Sent #2 to 2 device\(s\), disappears at \S+\.\n", sent), sent
+    assert re.fullmatch(r"Sent #3 to 2 device\(s\), disappears at \S+\.\n", sent), sent  # #1 is the name
     for person in (alice, carol):
         [got] = person.follow_json(1)
         assert got["content"]["body"] == "this one disappears" and got["expires_at"]
@@ -134,6 +135,7 @@ def test_a_group_with_a_timer_and_an_expiring_message(people):
         assert got["content"]["type"] == "timer" and got["content"]["seconds"] == 3600
     listed = {line.split()[0]: line for line in carol.out("conversations").splitlines()}
     assert listed[group].endswith("disappearing 3600s") and " group " in listed[group]
+    assert " group  friends  unread" in listed[group], listed[group]  # carol learnt the name from alice
 
 
 def test_linking_a_second_device_checks_the_code(people, live, tmp_path):

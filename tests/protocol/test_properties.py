@@ -144,3 +144,12 @@ def test_no_secret_in_repr_or_logs(caplog: pytest.LogCaptureFixture) -> None:
     for s in secrets:
         assert s.hex() not in blob
         assert repr(s) not in blob
+
+
+def test_group_name_meta_round_trips_and_is_bounded() -> None:
+    """A group's name travels as E2EE `meta` content; over 64 characters it is bad content, as in JS."""
+    encoded = content_build("meta", id="m1", sent_ms=1, name="Hiking ⛰")
+    assert content_parse(encoded)["name"] == "Hiking ⛰"
+    with pytest.raises(ProtocolError) as err:
+        content_build("meta", id="m2", sent_ms=1, name="x" * 65)
+    assert err.value.code == "bad_content"
