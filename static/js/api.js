@@ -27,7 +27,8 @@ export async function request(method, path, body, { raw = false, signal } = {}) 
   const headers = { Accept: "application/json" };
   const init = { method, headers, credentials: "same-origin", signal };
   if (method !== "GET" && method !== "HEAD") {
-    const token = csrfToken || cookieToken();
+    // The cookie first: a login in another tab rotates the token, and the cookie is shared.
+    const token = cookieToken() || csrfToken;
     if (token) headers["X-CSRFToken"] = token;
   }
   if (body instanceof Uint8Array || body instanceof Blob) {

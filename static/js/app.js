@@ -45,7 +45,7 @@ async function startMessenger() {
 }
 
 async function loggedOut(reason) {
-  vault?.db.close();
+  vault?.close();
   await Vault.wipe().catch(() => {});
   location.reload();
   return reason;

@@ -7,8 +7,22 @@ const rng = C.systemRng;
 const SIGNED_PREKEY_ID_START = 1;
 const usernameBytes = (username) => C.utf8(String(username));
 
-// Every session read-modify-write runs under one Web Lock, so two tabs never advance a session twice.
-const withLock = (fn) => (navigator.locks ? navigator.locks.request("enigmo-sessions", fn) : fn());
+const SESSION_LOCK = "enigmo-sessions";
+const realmLocks = new Map();
+
+// Every session and prekey read-modify-write runs under one exclusive lock, so two tabs never
+// advance one ratchet from the same state. navigator.locks serialises across tabs; without it
+// (Node, old browsers) calls are still queued one after another within this JS realm.
+export function lockManager(locks = globalThis.navigator?.locks) {
+  if (locks?.request) return (name, fn) => locks.request(name, { mode: "exclusive" }, fn);
+  return (name, fn) => {
+    const run = (realmLocks.get(name) ?? Promise.resolve()).then(() => fn());
+    const tail = run.catch(() => {});
+    realmLocks.set(name, tail);
+    tail.then(() => { if (realmLocks.get(name) === tail) realmLocks.delete(name); });
+    return run;
+  };
+}
 
 export class EncryptionBlocked extends Error {
   constructor(code, message, detail = {}) {
@@ -41,16 +55,23 @@ function certificateValid(accountPublic, username, deviceId, deviceKey, issuedMs
 }
 
 export class Engine {
-  constructor(vault) {
+  constructor(vault, { locks } = {}) {
     this.vault = vault;
     this.self = null; // {username, deviceId, accountSeed, deviceSeed, signedPrekeys, oneTime, nextOneTimeId}
+    const lock = lockManager(locks);
+    this.withLock = (fn) => lock(SESSION_LOCK, fn);
   }
 
-  static async create(vault) {
+  static async create(vault, options = {}) {
     await C.ready();
-    const engine = new Engine(vault);
+    const engine = new Engine(vault, options);
     engine.self = await vault.get("self");
     return engine;
+  }
+
+  // Inside the lock: another tab may have stored prekeys or used one since this tab loaded them.
+  async reloadSelf() {
+    this.self = (await this.vault.get("self")) || this.self;
   }
 
   get registered() {
@@ -124,7 +145,14 @@ export class Engine {
 
   // A signed prekey when none is current or the current one is a week old, and one-time prekeys
   // up to a full batch; the private halves are saved before the public ones are uploaded.
-  async prekeyUpload(remaining) {
+  prekeyUpload(remaining) {
+    return this.withLock(async () => {
+      await this.reloadSelf();
+      return this.prekeyBatch(remaining);
+    });
+  }
+
+  async prekeyBatch(remaining) {
     const now = Date.now();
     const body = { one_time_prekeys: [] };
     const spks = this.self.signedPrekeys;
@@ -247,9 +275,12 @@ export class Engine {
       throw new EncryptionBlocked("key_changed", `${username}'s safety number changed. Review it before sending.`, { username });
     }
     const started = [];
-    await withLock(async () => {
+    await this.withLock(async () => {
       for (const d of bundle.devices) {
         if (wantDevices && !wantDevices.includes(d.device_id)) continue;
+        const address = C.deviceAddress(username, d.device_id);
+        const record = await this.sessionLoad(address);
+        if (wantDevices && record.active !== null) continue; // another tab started it meanwhile
         const identityKey = C.b64d(d.identity_key);
         if (!certificateValid(accountKey, username, d.device_id, identityKey, d.issued_ms, C.b64d(d.certificate))) {
           throw new EncryptionBlocked("bad_certificate", `A device of ${username} has an invalid certificate; nothing was sent.`);
@@ -261,8 +292,6 @@ export class Engine {
         } catch {
           throw new EncryptionBlocked("bad_signed_prekey", `A key of ${username} has a bad signature; nothing was sent.`);
         }
-        const address = C.deviceAddress(username, d.device_id);
-        const record = await this.sessionLoad(address);
         const next = initiate(record, this.identity, {
           identityKey,
           signedPrekeyId: d.signed_prekey.key_id,
@@ -280,7 +309,7 @@ export class Engine {
   // One ciphertext per target device; sessions are saved before anything leaves this device.
   async encryptFor(targets, content) {
     const plaintext = C.contentBuild(content.type, stripType(content));
-    return withLock(async () => {
+    return this.withLock(async () => {
       const recipients = [];
       for (const { userId, deviceId } of targets) {
         const address = C.deviceAddress(userId, deviceId);
@@ -296,7 +325,8 @@ export class Engine {
 
   async decrypt(senderUser, senderDevice, ciphertextB64) {
     const address = C.deviceAddress(senderUser, senderDevice);
-    return withLock(async () => {
+    return this.withLock(async () => {
+      await this.reloadSelf();
       const record = await this.sessionLoad(address);
       const result = C.sessionDecrypt(record, C.b64d(ciphertextB64), this.identity, this.prekeyStore(), rng);
       await this.sessionSave(address, result.record);
@@ -430,7 +460,7 @@ function stripType(content) {
 }
 
 function deviceName() {
-  const ua = navigator.userAgent;
+  const ua = globalThis.navigator?.userAgent || "";
   const browser = /Firefox\//.test(ua) ? "Firefox" : /Edg\//.test(ua) ? "Edge" : /Chrom(e|ium)\//.test(ua) ? "Chrome" : /Safari\//.test(ua) ? "Safari" : "Browser";
   const os = /Windows/.test(ua) ? "Windows" : /Mac OS X/.test(ua) ? "macOS" : /Android/.test(ua) ? "Android" : /Linux/.test(ua) ? "Linux" : "";
   return `${browser}${os ? ` on ${os}` : ""}`.slice(0, 64);

@@ -306,25 +306,41 @@ export class Messenger {
     await this.queue(convId, content, { kind: "message", replyTo });
   }
 
+  // The encrypted blob is sealed in the vault with the outbox item; the upload is part of the
+  // outbox attempt, so an attachment sent offline, or interrupted by a reload, goes out later with
+  // the same client message id.
   async sendAttachment(file, caption, replyTo) {
     const convId = this.current;
     const bytes = new Uint8Array(await file.arrayBuffer());
     const { key, digest, blob } = this.engine.encryptAttachment(bytes);
     const id = uuid();
-    const localUrl = URL.createObjectURL(file);
-    // Upload first: the ciphertext is opaque to the server; key and digest travel inside the E2EE message.
-    this.view.flash("Encrypting and uploading the attachment…");
-    const uploaded = await api.request("POST", `/media/upload?conversation_id=${encodeURIComponent(convId)}`, blob);
+    await this.vault.put(blobKey(id), blob, convId);
     const content = {
       type: "attachment",
       id,
       sent_ms: Date.now(),
-      attachment: { ref: uploaded.id, key, digest, size: bytes.length, mime: file.type || "application/octet-stream", name: file.name.slice(0, 200) },
+      attachment: { ref: null, key, digest, size: bytes.length, mime: file.type || "application/octet-stream", name: file.name.slice(0, 200) },
     };
     if (caption) content.caption = caption;
     if (replyTo) content.reply_to = replyTo;
-    this.view.flash("");
-    await this.queue(convId, content, { kind: "message", replyTo, attachments: [uploaded.id], localUrl });
+    await this.queue(convId, content, { kind: "message", replyTo, upload: true, localUrl: URL.createObjectURL(file) });
+  }
+
+  // Before the first encryption: the ciphertext is opaque to the server; key and digest travel
+  // inside the E2EE message. The server's id is saved with the item, so a retry uploads once.
+  async uploadQueued(item) {
+    const blob = await this.vault.get(blobKey(item.content.id));
+    if (!blob) throw new EncryptionBlocked("attachment_lost", "the attachment is no longer in this browser.");
+    const uploaded = await api.request("POST", `/media/upload?conversation_id=${encodeURIComponent(item.convId)}`, blob);
+    item.content = { ...item.content, attachment: { ...item.content.attachment, ref: uploaded.id } };
+    item.attachments = [uploaded.id];
+    item.upload = false;
+    await this.vault.put(item.key, item);
+    const message = this.messageById(item.convId, item.content.id);
+    if (message) {
+      message.attachment = item.content.attachment;
+      await this.store(message);
+    }
   }
 
   async react(message, emoji) {
@@ -373,6 +389,7 @@ export class Messenger {
       replyTo: opts.replyTo || null,
       reactionTo: opts.reactionTo || null,
       attachments: opts.attachments || [],
+      upload: Boolean(opts.upload),
       expiresIn,
     };
     if (!opts.silent) {
@@ -474,6 +491,7 @@ export class Messenger {
   async discardFailed(message) {
     if (message.status !== "failed") return;
     await this.vault.delete(failedKey(message.convId, message.id));
+    await this.vault.delete(blobKey(message.id));
     await this.vault.delete(`msg:${message.convId}:${message.id}`);
     this.messages.get(message.convId)?.delete(message.id);
     this.view.removeMessage(message);
@@ -482,9 +500,11 @@ export class Messenger {
   }
 
   async attemptItem(item) {
-    const { convId, content } = item;
+    const { convId } = item;
     for (let attempt = 0; attempt < 4; attempt++) {
       try {
+        if (item.upload) await this.uploadQueued(item);
+        const { content } = item; // with the uploaded attachment's ref
         const detail = await this.conversationDetail(convId, { fresh: attempt > 0 });
         const targets = await this.ensureSessions(detail);
         const recipients = await this.engine.encryptFor(targets, content);
@@ -498,6 +518,7 @@ export class Messenger {
         if (item.attachments.length) body.attachments = item.attachments;
         const sent = await api.post(`/conversations/${convId}/messages`, body);
         await this.vault.delete(item.key);
+        if (content.type === "attachment") await this.vault.delete(blobKey(content.id));
         await this.markSent(convId, content.id, sent, recipients.length === 0);
         // A retried send may have reached the server before: its receipts went by unnoticed.
         if (item.retried) this.syncStatus(convId, content.id).catch(() => {});
@@ -901,7 +922,10 @@ export class Messenger {
 
   async fetchAttachment(message) {
     const a = message.attachment;
-    const blob = await api.request("GET", `/media/${encodeURIComponent(a.ref)}`, undefined, { raw: true });
+    // Not uploaded yet (still in the outbox): the sealed local copy.
+    const blob = a.ref ? await api.request("GET", `/media/${encodeURIComponent(a.ref)}`, undefined, { raw: true })
+      : await this.vault.get(blobKey(message.id));
+    if (!blob) throw new Error("not uploaded and no longer in this browser");
     const plain = this.engine.decryptAttachment(blob, a.key, a.digest);
     return URL.createObjectURL(new Blob([plain], { type: a.mime }));
   }
@@ -940,7 +964,7 @@ export class Messenger {
     if (!ok) return;
     this.socket.stop();
     await api.post("/auth/logout").catch(() => {});
-    this.vault.db.close();
+    this.vault.close();
     this.onLoggedOut("logout");
   }
 
@@ -967,6 +991,7 @@ export function durationText(seconds) {
 }
 
 const failedKey = (convId, id) => `failed:${convId}:${id}`;
+const blobKey = (id) => `blob:${id}`;
 
 // The outbox item of a message that failed before failed items were kept (text and attachments).
 function rebuildItem(message) {
@@ -978,8 +1003,10 @@ function rebuildItem(message) {
     if (message.body) content.caption = message.body;
   }
   if (message.replyTo) content.reply_to = message.replyTo;
+  const uploaded = Boolean(message.attachment?.ref);
   return { convId: message.convId, content, kind: "message", replyTo: message.replyTo || null, reactionTo: null,
-    attachments: message.attachment ? [message.attachment.ref] : [], expiresIn: message.expiresIn || null };
+    attachments: uploaded ? [message.attachment.ref] : [], upload: Boolean(message.attachment) && !uploaded,
+    expiresIn: message.expiresIn || null };
 }
 
 // System notices for membership changes seen between two listings of a group.

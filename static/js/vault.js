@@ -1,8 +1,10 @@
-// The local encrypted store (IndexedDB): history, outbox, sessions and keys, each record sealed
-// with AES-GCM under a non-extractable WebCrypto key that never leaves this browser profile.
+// The local encrypted store (IndexedDB): history, outbox, sessions, keys and queued attachment
+// blobs, each record sealed with AES-GCM under a non-extractable WebCrypto key that never leaves
+// this browser profile. No secret is ever kept in localStorage or sent anywhere.
 
 const DB_NAME = "enigmo";
 const DB_VERSION = 1;
+const WRAP_KEY = "vault-key";
 
 function promisify(req) {
   return new Promise((resolve, reject) => {
@@ -11,9 +13,9 @@ function promisify(req) {
   });
 }
 
-function openDb() {
+function openDb(idb) {
   return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB_NAME, DB_VERSION);
+    const req = idb.open(DB_NAME, DB_VERSION);
     req.onupgradeneeded = () => {
       const db = req.result;
       if (!db.objectStoreNames.contains("meta")) db.createObjectStore("meta");
@@ -26,6 +28,34 @@ function openDb() {
     req.onerror = () => reject(req.error);
     req.onblocked = () => reject(new Error("database blocked by another tab"));
   });
+}
+
+// The storage the Vault seals into: IndexedDB in the browser. Rows are {k, g, iv, ct}; meta holds
+// the wrapping CryptoKey itself (structured clone keeps it non-extractable).
+export async function indexedDbBackend(idb = globalThis.indexedDB) {
+  const db = await openDb(idb);
+  const store = (name, mode) => db.transaction(name, mode).objectStore(name);
+  return {
+    getMeta: (name) => promisify(store("meta").get(name)),
+    // Get, or store `value` if absent, in one readwrite transaction: two tabs opening a fresh
+    // vault at once end up with the same key.
+    metaInit: (name, value) => new Promise((resolve, reject) => {
+      const tx = db.transaction("meta", "readwrite");
+      const meta = tx.objectStore("meta");
+      let result = value;
+      meta.get(name).onsuccess = (event) => {
+        if (event.target.result) result = event.target.result;
+        else meta.put(value, name);
+      };
+      tx.oncomplete = () => resolve(result);
+      tx.onerror = () => reject(tx.error);
+    }),
+    getRow: (k) => promisify(store("sealed").get(k)),
+    putRow: (row) => promisify(store("sealed", "readwrite").put(row)),
+    deleteRow: (k) => promisify(store("sealed", "readwrite").delete(k)),
+    rowsWithPrefix: (prefix) => promisify(store("sealed").getAll(IDBKeyRange.bound(prefix, prefix + "\uffff"))),
+    close: () => db.close(),
+  };
 }
 
 // JSON with Uint8Array kept as tagged base64.
@@ -46,19 +76,21 @@ export const decodeJson = (text) =>
   JSON.parse(text, (_k, v) => (v && typeof v === "object" && typeof v.$b === "string" && Object.keys(v).length === 1 ? b64ToBytes(v.$b) : v));
 
 export class Vault {
-  constructor(db, key) {
-    this.db = db;
+  constructor(backend, key) {
+    this.backend = backend;
     this.key = key;
   }
 
-  static async open() {
-    const db = await openDb();
-    let key = await promisify(db.transaction("meta").objectStore("meta").get("vault-key"));
+  static async open({ backend } = {}) {
+    const store = backend || (await indexedDbBackend());
+    let key = await store.getMeta(WRAP_KEY);
     if (!key) {
-      key = await crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, false, ["encrypt", "decrypt"]);
-      await promisify(db.transaction("meta", "readwrite").objectStore("meta").put(key, "vault-key"));
+      // extractable: false: script can use the key but never read its bytes, so a copy of the
+      // database (or script that dumps it) yields only ciphertext.
+      const fresh = await crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, false, ["encrypt", "decrypt"]);
+      key = await store.metaInit(WRAP_KEY, fresh);
     }
-    return new Vault(db, key);
+    return new Vault(store, key);
   }
 
   async seal(k, value) {
@@ -76,22 +108,21 @@ export class Vault {
 
   async put(k, value, group = "") {
     const { iv, ct } = await this.seal(k, value);
-    await promisify(this.db.transaction("sealed", "readwrite").objectStore("sealed").put({ k, g: group, iv, ct }));
+    await this.backend.putRow({ k, g: group, iv, ct });
   }
 
   async get(k) {
-    const row = await promisify(this.db.transaction("sealed").objectStore("sealed").get(k));
+    const row = await this.backend.getRow(k);
     return row ? this.open(k, row) : null;
   }
 
   async delete(k) {
-    await promisify(this.db.transaction("sealed", "readwrite").objectStore("sealed").delete(k));
+    await this.backend.deleteRow(k);
   }
 
   // Every record whose key starts with `prefix`, decrypted, in key order.
   async list(prefix) {
-    const range = IDBKeyRange.bound(prefix, prefix + "\uffff");
-    const rows = await promisify(this.db.transaction("sealed").objectStore("sealed").getAll(range));
+    const rows = await this.backend.rowsWithPrefix(prefix);
     const out = [];
     for (const row of rows) {
       try {
@@ -103,12 +134,8 @@ export class Vault {
     return out;
   }
 
-  async getMeta(name) {
-    return promisify(this.db.transaction("meta").objectStore("meta").get(name));
-  }
-
-  async setMeta(name, value) {
-    await promisify(this.db.transaction("meta", "readwrite").objectStore("meta").put(value, name));
+  close() {
+    this.backend.close();
   }
 
   static async wipe() {

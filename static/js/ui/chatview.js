@@ -336,14 +336,15 @@ export class ChatView {
       if (isImage) box.append(el("img", { src: url, alt: a.name || "Image", loading: "lazy" }));
       box.append(el("a", { href: url, download: a.name || "attachment" }, `${isImage ? "Save" : "Download"} ${a.name} (${sizeText(a.size)})`));
     };
-    const cached = message.localUrl || this.attachmentUrls.get(a.ref);
+    const cacheKey = a.ref || `local:${message.id}`; // not uploaded yet: no server id
+    const cached = message.localUrl || this.attachmentUrls.get(cacheKey);
     if (cached) {
       show(cached);
       return;
     }
     box.append(el("span", { class: "muted" }, `Decrypting ${a.name}…`));
     this.m.fetchAttachment(message).then((url) => {
-      this.attachmentUrls.set(a.ref, url);
+      this.attachmentUrls.set(cacheKey, url);
       show(url);
     }).catch((err) => {
       box.replaceChildren(el("span", { class: "error" }, `The attachment could not be decrypted (${err.code || err.message}).`));
