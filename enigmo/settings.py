@@ -154,6 +154,10 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://")):
 # Namespaces this deployment's keys in Redis (cache, rate limits, channel layer); test runs use
 # one per process so concurrent runs on one Redis never see each other.
 REDIS_KEY_PREFIX = env.str("ENIGMO_REDIS_PREFIX", default="enigmo")
+# Messages the channel layer holds for a receiver; above it nudges are dropped, which only
+# delays delivery (the socket's next read of the database catches up). channels-redis counts
+# all socket channels of one server process together; the in-memory layer counts each channel.
+CHANNEL_CAPACITY = _positive_int("ENIGMO_CHANNEL_CAPACITY", 1000)
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -173,7 +177,7 @@ if REDIS_URL:
                     }
                 ],
                 "prefix": f"{REDIS_KEY_PREFIX}:asgi",
-                "capacity": 1000,
+                "capacity": CHANNEL_CAPACITY,
                 "expiry": 30,
                 "group_expiry": 86400,
             },
@@ -190,7 +194,7 @@ if REDIS_URL:
     CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
     CELERY_TASK_ALWAYS_EAGER = False
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000, "expiry": 30}}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": CHANNEL_CAPACITY, "expiry": 30}}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "enigmo"}}
     CELERY_BROKER_URL = "memory://"
     # Embedded default: no broker; the periodic purge runs in-process (enigmo.embedded).
@@ -293,6 +297,7 @@ RATE_LIMITS = {
     "login_ip": env.str("ENIGMO_RL_LOGIN_IP", default="30/2"),
     "login_account": env.str("ENIGMO_RL_LOGIN_ACCOUNT", default="10/6"),
     "register_ip": env.str("ENIGMO_RL_REGISTER_IP", default="20/30"),
+    "register_account": env.str("ENIGMO_RL_REGISTER_ACCOUNT", default="5/60"),
     "challenge_ip": env.str("ENIGMO_RL_CHALLENGE_IP", default="60/1"),
     "message": env.str("ENIGMO_RL_MESSAGE", default="60/1"),
     "media": env.str("ENIGMO_RL_MEDIA", default="30/2"),

@@ -100,6 +100,8 @@ def account_register(
     ratelimit.hit("register_ip", client_ip)
     if not USERNAME_RE.match(username):
         raise ValidationFailed("username must be 3–32 characters of a–z, 0–9 and _.")
+    # Per requested name, whatever the IP: bounds squatting races and "is it taken?" probes.
+    ratelimit.hit("register_account", username)
     _check_timestamp(timestamp_ms)
     _challenge_consume(nonce)
     cert_message = device_certificate_message(user_id=username, device_id=1, device_key=device_key, issued_ms=issued_ms)

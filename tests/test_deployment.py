@@ -66,24 +66,27 @@ import json, os, runpy, sys
 from django.core.exceptions import ImproperlyConfigured
 base = dict(os.environ)
 out = []
+keys = json.loads(sys.argv[2])
 for overrides in json.loads(sys.argv[1]):
     os.environ.clear(); os.environ.update(base); os.environ.update(overrides)
     try:
         ns = runpy.run_path("enigmo/settings.py")
-        out.append({"ok": {k: ns[k] for k in ("DEBUG", "RATE_LIMITS_ENABLED", "EMBEDDED_PURGE", "RELAY_DB_THREADS")}})
+        out.append({"ok": {k: ns[k] for k in keys}})
     except ImproperlyConfigured as exc:
         out.append({"error": str(exc)})
 print(json.dumps(out))
 """
 
 
-def _settings_outcomes(cases: list[dict[str, str]]) -> list[dict]:
+def _settings_outcomes(
+    cases: list[dict[str, str]], keys: tuple[str, ...] = ("DEBUG", "RATE_LIMITS_ENABLED", "EMBEDDED_PURGE", "RELAY_DB_THREADS")
+) -> list[dict]:
     import json
 
     names = {"DATABASE_URL", "REDIS_URL", "ENIGMO_PRODUCTION", "ENIGMO_EMBEDDED_PURGE"} | {k for case in cases for k in case}
     env = {k: v for k, v in os.environ.items() if k not in names}
     result = subprocess.run(
-        [sys.executable, "-c", _SETTINGS_CASES, json.dumps(cases)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _SETTINGS_CASES, json.dumps(cases), json.dumps(keys)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -123,6 +126,8 @@ def test_settings_read_every_spelling_of_a_boolean():
         ("ENIGMO_WS_PING_INTERVAL", "2.5", "ENIGMO_WS_PING_INTERVAL must be an integer, got '2.5'"),
         ("ENIGMO_RELAY_TICK_SECONDS", "0", "ENIGMO_RELAY_TICK_SECONDS must be a positive number"),
         ("ENIGMO_RELAY_TICK_SECONDS", "soon", "ENIGMO_RELAY_TICK_SECONDS must be a number"),
+        ("ENIGMO_CHANNEL_CAPACITY", "0", "ENIGMO_CHANNEL_CAPACITY must be a positive integer, got 0"),
+        ("ENIGMO_CHANNEL_CAPACITY", "lots", "ENIGMO_CHANNEL_CAPACITY must be an integer, got 'lots'"),
     ],
 )
 def test_settings_refuse_a_number_that_is_not_positive(name, value, message):
@@ -136,6 +141,16 @@ def test_relay_db_threads_unset_or_empty_means_the_default_and_a_positive_value_
     assert [o["ok"]["RELAY_DB_THREADS"] for o in outcomes] == [None, None, 3]
 
 
+def test_channel_capacity_sizes_both_channel_layers():
+    """ENIGMO_CHANNEL_CAPACITY (default 1,000) is the capacity of the in-memory layer and of
+    channels-redis alike; the fault tests set it small to make the layer drop nudges."""
+    cases = [{}, {"ENIGMO_CHANNEL_CAPACITY": "20"}, {"REDIS_URL": "redis://127.0.0.1:6379/9"}, {"REDIS_URL": "redis://127.0.0.1:6379/9", "ENIGMO_CHANNEL_CAPACITY": "20"}]
+    outcomes = _settings_outcomes(cases, keys=("CHANNEL_LAYERS",))
+    layers = [o["ok"]["CHANNEL_LAYERS"]["default"] for o in outcomes]
+    assert [layer["BACKEND"].rsplit(".", 1)[-1] for layer in layers] == ["InMemoryChannelLayer"] * 2 + ["RedisChannelLayer"] * 2
+    assert [layer["CONFIG"]["capacity"] for layer in layers] == [1000, 20, 1000, 20]
+
+
 def test_production_settings_pass_the_deploy_check():
     env = {
         **os.environ,
@@ -147,6 +162,51 @@ def test_production_settings_pass_the_deploy_check():
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+_PRODUCTION_HEADERS = r"""
+import json, django
+django.setup()
+from django.test import Client
+out = {}
+for name, path, proto in [("page", "/", "https"), ("api", "/api/v1/keys/prekeys/bob", "https"), ("plain", "/", None)]:
+    extra = {"HTTP_X_FORWARDED_PROTO": proto} if proto else {}
+    response = Client(HTTP_HOST="chat.example.org").get(path, **extra)
+    out[name] = {"status": response.status_code, "headers": dict(response.headers)}
+print(json.dumps(out))
+"""
+
+
+def test_production_responses_carry_hsts_and_the_other_security_headers():
+    """With ENIGMO_PRODUCTION=1, an HTTPS request (TLS ended at the proxy, X-Forwarded-Proto:
+    https) gets HSTS for a year with subdomains and preload, nosniff, Referrer-Policy, and a CSP
+    with frame-ancestors 'none', on the app page and on the API alike; a plain-HTTP request is
+    redirected to HTTPS and gets no HSTS (RFC 6797 §7.2)."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("ENIGMO_")}
+    env.update(
+        {
+            "ENIGMO_PRODUCTION": "1",
+            "ENIGMO_SECRET_KEY": "a" * 20 + "-production-secret-key-for-the-header-check-" + "z" * 10,
+            "ENIGMO_ALLOWED_HOSTS": "chat.example.org",
+            "DJANGO_SETTINGS_MODULE": "enigmo.settings",
+        }
+    )
+    result = subprocess.run([sys.executable, "-c", _PRODUCTION_HEADERS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["page"]["status"] == 200 and out["api"]["status"] == 401, out
+    for name in ("page", "api"):
+        headers = out[name]["headers"]
+        assert headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload", name
+        assert headers["X-Content-Type-Options"] == "nosniff", name
+        assert headers["Referrer-Policy"] == "same-origin", name
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"].split("; "), name
+        assert headers["X-Frame-Options"] == "DENY", name
+    plain = out["plain"]
+    assert plain["status"] == 301 and plain["headers"]["Location"] == "https://chat.example.org/", plain
+    assert "Strict-Transport-Security" not in plain["headers"], plain
 
 
 def test_readme_quick_start_is_exactly_two_commands():

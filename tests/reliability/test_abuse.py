@@ -177,14 +177,16 @@ LIMITS = {
     "ENIGMO_RL_LOGIN_IP": "4/60",
     "ENIGMO_RL_LOGIN_ACCOUNT": "2/60",
     "ENIGMO_RL_REGISTER_IP": "3/60",
+    "ENIGMO_RL_REGISTER_ACCOUNT": "2/60",
+    "ENIGMO_RL_BUNDLE": "6/600",
     "ENIGMO_RL_MESSAGE": "3/60",
     "ENIGMO_RL_MEDIA": "2/60",
 }
 
 
 async def test_rate_limits_answer_429_with_retry_after(live_server_factory):
-    """Login per IP and per account, registration per IP, messages per sender→recipient (REST and
-    socket), attachments: 429 in the error shape with Retry-After; every hit is logged with user
+    """Login per IP and per account, registration per IP and per requested name, messages per
+    sender→recipient (REST and socket), attachments: 429 in the error shape with Retry-After; every hit is logged with user
     and IP, and the log holds no secrets."""
     server = await asyncio.to_thread(live_server_factory, LIMITS)
     one, two = SourceTransport(server.http_url, "127.0.0.1"), SourceTransport(server.http_url, "127.0.0.2")
@@ -195,6 +197,14 @@ async def test_rate_limits_answer_429_with_retry_after(live_server_factory):
         assert _limited(status, body, one), (status, body)
         dave = Account("dave")
         dave.register(two)  # another IP still registers
+        # registration per requested name, whatever the IP: bob's own registration was the 1st
+        three, four = SourceTransport(server.http_url, "127.0.0.3"), SourceTransport(server.http_url, "127.0.0.4")
+        squatter = Account("bob")
+        status, body = three.post("/api/v1/auth/register", squatter.register_payload(squatter.challenge(three)))
+        assert status == 409 and is_error_shape(body, "username_taken"), (status, body)
+        status, body = four.post("/api/v1/auth/register", squatter.register_payload(squatter.challenge(four)))
+        assert _limited(status, body, four), (status, body)  # per account, from a fresh IP
+        Account("erin").register(four)  # that IP registers another name
         # login: bob's account allows 2, whatever the IP; 127.0.0.1 allows 4, whoever logs in
         assert _login(one, bob)[0] == 200 and _login(one, bob)[0] == 200
         status, body = _login(one, bob)
@@ -241,16 +251,22 @@ async def test_rate_limits_answer_429_with_retry_after(live_server_factory):
     assert "auth refused code=rate_limited user=bob ip=127.0.0.2" in log
     assert "auth refused code=rate_limited user=alice ip=127.0.0.1" in log
     assert "rate limited path=/api/v1/auth/register user=- ip=127.0.0.1" in log
+    assert "rate limit hit limit=register_account key=bob" in log
+    assert "rate limited path=/api/v1/auth/register user=- ip=127.0.0.4" in log
     assert "rate limited path=/api/v1/media/upload user=alice ip=127.0.0.2" in log
     assert f"rate limited path=/api/v1/conversations/{chat_ab}/messages user=alice ip=127.0.0.2" in log
 
 
 @pytest.mark.skipif(not production, reason="needs the production profile (rate-limit state in Redis)")
 async def test_rate_limits_are_shared_by_two_processes(live_server_factory):
-    """Two daphne processes on the same PostgreSQL and Redis count against the same buckets."""
+    """Two daphne processes on the same PostgreSQL and Redis count against the same buckets:
+    messages per sender→recipient, login per account, registration per IP and per requested
+    name, bundle fetches per (requester, target) (Signal: burst 6, then 1 per 10 min) and
+    attachments. Requests alternate between the processes; the one over the burst is refused."""
     a = await asyncio.to_thread(live_server_factory, LIMITS)
     b = await asyncio.to_thread(live_server_factory, LIMITS, a.database_url)
     api_a, api_b = SourceTransport(a.http_url, "127.0.0.3"), SourceTransport(b.http_url, "127.0.0.3")
+    alternate = [api_a, api_b] * 3
     alice, bob = await asyncio.to_thread(cast, api_a, "alice", "bob")
     chat = await asyncio.to_thread(open_direct, api_a, alice, bob)
     path = f"/api/v1/conversations/{chat}/messages"
@@ -261,6 +277,45 @@ async def test_rate_limits_are_shared_by_two_processes(live_server_factory):
     assert [(await asyncio.to_thread(_login, api, bob))[0] for api in (api_a, api_b)] == [200, 200]
     status, body = await asyncio.to_thread(_login, api_a, bob)
     assert _limited(status, body, api_a), (status, body)
+
+    def registrations() -> Account:
+        # per IP: 127.0.0.3 registered alice and bob on A; its 3rd is on B, its 4th refused on A
+        carol = Account("carol")
+        carol.register(api_b)
+        status, body = api_a.post("/api/v1/auth/register", Account("dave").register_payload(Account("dave").challenge(api_a)))
+        assert _limited(status, body, api_a), (status, body)
+        # per requested name: alice's own registration (on A) was the 1st of its 2
+        squatter = Account("alice")
+        five, six = SourceTransport(b.http_url, "127.0.0.5"), SourceTransport(a.http_url, "127.0.0.6")
+        status, body = five.post("/api/v1/auth/register", squatter.register_payload(squatter.challenge(five)))
+        assert status == 409 and is_error_shape(body, "username_taken"), (status, body)
+        status, body = six.post("/api/v1/auth/register", squatter.register_payload(squatter.challenge(six)))
+        assert _limited(status, body, six), (status, body)
+        Account("erin").register(six)  # the name was limited, not the IP
+        return carol
+
+    carol = await asyncio.to_thread(registrations)
+    # bundle fetches: alice→bob gets 6 across both processes, then 429 for about 10 minutes
+    fetched = [(await asyncio.to_thread(api.get, "/api/v1/keys/prekeys/bob", token=alice.token))[0] for api in alternate]
+    assert fetched == [200] * 6
+    status, body = await asyncio.to_thread(api_a.get, "/api/v1/keys/prekeys/bob", token=alice.token)
+    assert _limited(status, body, api_a) and 500 <= body["error"]["retry_after"] <= 600, (status, body)
+    status, body = await asyncio.to_thread(api_b.get, "/api/v1/keys/prekeys/bob", token=alice.token)
+    assert _limited(status, body, api_b), (status, body)
+    # the bucket is the pair's: another target, or another requester, is still served
+    assert (await asyncio.to_thread(api_b.get, "/api/v1/keys/prekeys/carol", token=alice.token))[0] == 200
+    assert (await asyncio.to_thread(api_a.get, "/api/v1/keys/prekeys/bob", token=carol.token))[0] == 200
+    # attachments: 2 per user across both processes
+    api_a.extra = api_b.extra = {"Content-Type": "application/octet-stream"}
+    upload = f"/api/v1/media/upload?conversation_id={chat}"
+    uploaded = [(await asyncio.to_thread(api.post, upload, b"\x01" * 1000, token=alice.token))[0] for api in (api_b, api_a)]
+    assert uploaded == [201, 201]
+    status, body = await asyncio.to_thread(api_b.post, upload, b"\x01" * 1000, token=alice.token)
+    assert _limited(status, body, api_b), (status, body)
+    log_a, log_b = a.log_path.read_text(errors="replace"), b.log_path.read_text(errors="replace")
+    assert "rate limit hit limit=register_account key=alice" in log_a
+    assert "rate limit hit limit=bundle" in log_a + log_b and "rate limit hit limit=media" in log_b
+    print("\n[abuse] two processes, one Redis: message, login, registration (IP and name), bundle (6 then 429, ~600 s) and media limits shared")
 
 
 async def test_server_owned_fields_are_never_written(live_server_factory):

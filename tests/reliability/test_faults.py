@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -33,7 +35,7 @@ from tests.reliability.common import (
     redis_up,
     send_over_socket,
 )
-from tests.support import Account, unb64
+from tests.support import Account, HttpTransport, unb64
 
 pytestmark = pytest.mark.live
 needs_production = pytest.mark.skipif(not production, reason="needs the production profile (DATABASE_URL=postgres…, REDIS_URL)")
@@ -104,21 +106,24 @@ async def _stalled_socket(ws_url: str, token: str) -> websockets.ClientConnectio
 
 async def _read_and_ack(ws: websockets.ClientConnection, count: int) -> list[dict]:
     """Read until `count` distinct envelopes arrived, acking in batches of 100, and wait until
-    the server confirmed every ack."""
+    the server confirmed every ack. Envelopes beyond `count` are neither kept nor acked."""
     arrivals: list[dict] = []
+    seen: set[str] = set()
     batch: list[str] = []
     refs: set[str] = set()
-    while len({f["id"] for f in arrivals}) < count or batch or refs:
-        if batch and (len(batch) >= 100 or len({f["id"] for f in arrivals}) >= count):
+    while len(seen) < count or batch or refs:
+        if batch and (len(batch) >= 100 or len(seen) >= count):
             ref = f"ack{len(arrivals)}"
             refs.add(ref)
             await ws.send(json.dumps({"type": "ack", "ids": batch, "ref": ref}))
             batch = []
             continue
         frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        if frame["type"] == "envelope":
+        if frame["type"] == "envelope" and (len(seen) < count or frame["id"] in seen):
             arrivals.append(frame)
-            batch.append(frame["id"])
+            if frame["id"] not in seen:
+                seen.add(frame["id"])
+                batch.append(frame["id"])
         elif frame["type"] == "ok":
             refs.discard(frame["ref"])
         elif frame["type"] == "error":
@@ -126,16 +131,59 @@ async def _read_and_ack(ws: websockets.ClientConnection, count: int) -> list[dic
     return arrivals
 
 
+def _send_over_rest(base_url: str, token: str, chat: str, to: str, count: int, threads: int = 4) -> list[dict]:
+    """`count` envelopes over REST from `threads` clients, each retried with its own
+    client_message_id until answered; the answers in the order sent ("m0", …)."""
+    path = f"/api/v1/conversations/{chat}/messages"
+
+    def one(n: int) -> dict:
+        return post_until_answered(HttpTransport(base_url), path, envelope(to, f"m{n}"), token)[1]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(count)))
+
+
+CHANNEL_CAPACITY = 20  # the overflow variant's layer capacity: far below the 1,000 queued
+
+
 async def test_stalled_socket_gets_its_whole_backlog_from_the_database(live_server_factory):
     """bob's socket stops reading while 1,000 envelopes queue behind it; it resumes, takes half
-    and drops; a new socket gets the other half from the database: all 1,000, in order."""
-    server = await asyncio.to_thread(live_server_factory, {"ENIGMO_RELAY_TICK_SECONDS": "2"})
+    and drops; a new socket gets the other half from the database: all 1,000, in order.
+
+    In production the channel layer really overflows: bob's socket is held by a second process
+    (sharing PostgreSQL and Redis) whose channel holds only 20 messages, and that process is
+    frozen (SIGSTOP: a consumer that has fallen behind) while alice stores the 1,000 through the
+    first process. alice sends over REST there, because a socket's sends to a device held
+    elsewhere ride the relay bus, not the layer; each REST send nudges bob's channel. At most 20
+    nudges fit; the sender's channels-redis logs every one it drops, so at least 980 envelopes
+    can only come from the database. (Within one process pushes bypass the layer, so the
+    embedded run cannot overflow it.)"""
+    env = {"ENIGMO_RELAY_TICK_SECONDS": "2", "ENIGMO_CHANNEL_CAPACITY": str(CHANNEL_CAPACITY)}
+    server = await asyncio.to_thread(live_server_factory, env)
+    receiving = await asyncio.to_thread(live_server_factory, env, server.database_url) if production else server
     api, alice, bob, chat = await asyncio.to_thread(pair, server)
     total = 1000
-    stalled = await _stalled_socket(server.ws_url, bob.token)
+    stalled = await _stalled_socket(receiving.ws_url, bob.token)
+    # its first frame comes after it joined its groups, so nudges from now on are addressed to it
+    assert json.loads(await asyncio.wait_for(stalled.recv(), 10))["type"] in ("backlog", "presence")
+    dropped_before = server.log_path.read_text(errors="replace").count("over capacity in group dev.")
+    if production:
+        os.kill(receiving.process.pid, signal.SIGSTOP)
     started = time.monotonic()
-    answers = await send_over_socket(server.ws_url, alice.token, chat, "bob", total)
-    print(f"\n[faults] {total} envelopes queued behind a stalled socket in {time.monotonic() - started:.1f}s")
+    try:
+        if production:
+            answers = await asyncio.to_thread(_send_over_rest, server.http_url, alice.token, chat, "bob", total)
+        else:
+            answers = await send_over_socket(server.ws_url, alice.token, chat, "bob", total)
+    finally:
+        if production:
+            os.kill(receiving.process.pid, signal.SIGCONT)
+    took = time.monotonic() - started
+    dropped = server.log_path.read_text(errors="replace").count("over capacity in group dev.") - dropped_before
+    print(f"\n[faults] {total} envelopes queued behind a stalled socket in {took:.1f}s; {dropped} nudges dropped by the channel layer")
+    if production:
+        # all but the `capacity` that fit are dropped (20 more fit each time the held ones expire, 30 s)
+        assert total - dropped <= CHANNEL_CAPACITY * (1 + math.ceil(took / 30)), dropped
     await asyncio.sleep(1)
     undelivered = lambda: int(server.shell(  # noqa: E731 - the last word: shell prints a banner first
         "from messaging.models import Delivery; print(Delivery.objects.filter(delivered_at__isnull=True).count())"
@@ -144,14 +192,16 @@ async def test_stalled_socket_gets_its_whole_backlog_from_the_database(live_serv
     first = await _read_and_ack(stalled, total // 2)
     stalled.transport.abort()  # gone without a close frame
     assert await wait_for(lambda: undelivered() == total - len({f["id"] for f in first}), 10)
-    fresh = await ws_connect(server.ws_url, bob.token)
+    fresh = await ws_connect(receiving.ws_url, bob.token)
     rest = await _read_and_ack(fresh, total - len({f["id"] for f in first}))
     await fresh.close()
     arrivals = first + rest
     assert {f["id"] for f in arrivals} == {a["id"] for a in answers}
     assert first_arrival_seqs(arrivals) == list(range(1, total + 1))
-    assert [unb64(f["ciphertext"]) for f in arrivals[:3]] == [b"m0", b"m1", b"m2"]
+    sent_text = {a["id"]: f"m{n}".encode() for n, a in enumerate(answers)}
+    assert all(unb64(f["ciphertext"]) == sent_text[f["id"]] for f in arrivals)
     assert await asyncio.to_thread(undelivered) == 0
+    print(f"[faults] stalled socket: {len({f['id'] for f in arrivals})} of {total} delivered in order ({len(first)} before the drop, {len(rest)} after)")
 
 
 @pytest.fixture
