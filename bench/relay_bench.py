@@ -52,6 +52,7 @@ from tests.messaging.seed_pairs import seed  # noqa: E402
 SHARED_BENCH = ROOT.parent / "shared" / "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_ENV = {"ENIGMO_LOG_LEVEL": "WARNING", "ENIGMO_RATE_LIMITS": "0"}
+BATCH_QUERY = ["batch=1"]  # the driver reads batch frames, as Enigmo's own clients do (--no-batch: one frame each)
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -130,25 +131,29 @@ class Device:
         try:
             async for raw in self.ws:
                 frame = json.loads(raw)
-                kind = frame.get("type")
-                if kind == "envelope":
-                    if frame["id"] not in self.seen:
-                        now = time.perf_counter()
-                        self.seen[frame["id"]] = now
-                        self.latencies.append(now - stamp_of(frame))
-                        if self.on_envelope:
-                            self.on_envelope(frame, now)
-                    if self.ack:  # like a real client: one ack frame for what arrived in one read burst
-                        self.to_ack.append(frame["id"])
-                        if len(self.to_ack) == 1:
-                            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.flush_acks()))
-                elif kind == "backlog":
-                    if not frame["has_more"]:
-                        self.ready.set()
-                elif kind in ("sent", "error"):
-                    self.replies.put_nowait(frame)
+                for frame in frame["frames"] if frame.get("type") == "batch" else (frame,):
+                    self.handle(frame)
         except Exception:
             pass
+
+    def handle(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "envelope":
+            if frame["id"] not in self.seen:
+                now = time.perf_counter()
+                self.seen[frame["id"]] = now
+                self.latencies.append(now - stamp_of(frame))
+                if self.on_envelope:
+                    self.on_envelope(frame, now)
+            if self.ack:  # like a real client: one ack frame for what arrived in one read burst
+                self.to_ack.append(frame["id"])
+                if len(self.to_ack) == 1:
+                    asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.flush_acks()))
+        elif kind == "backlog":
+            if not frame["has_more"]:
+                self.ready.set()
+        elif kind in ("sent", "error"):
+            self.replies.put_nowait(frame)
 
     async def flush_acks(self) -> None:
         ids, self.to_ack = self.to_ack, []
@@ -166,7 +171,7 @@ class Device:
 async def connect_one(url: str, token: str) -> Any:
     for attempt in range(5):  # a handshake dropped under a connect storm is retried, as a client would
         try:
-            return await ws_connect(url, token)
+            return await ws_connect(url, token, BATCH_QUERY[0])
         except (OSError, asyncio.TimeoutError, Exception):
             if attempt == 4:
                 raise
@@ -518,12 +523,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--pin", action="store_true", help="server on core 0, driver on core 1 (taskset)")
     parser.add_argument("--limit", action="store_true", help="also measure ../shared/bench/relay_limit.py in the same run")
+    parser.add_argument("--no-batch", action="store_true", help="one WebSocket frame per server frame (no ?batch=1)")
     parser.add_argument("--json", help="write the results here (a JSON list, one object per configuration)")
     args = parser.parse_args()
     if args.pairs:
         args.closed = [2 * args.pairs]
+    if args.no_batch:
+        BATCH_QUERY[0] = ""
     args.profile = "production (PostgreSQL + Redis)" if os.environ.get("REDIS_URL") else "embedded (SQLite + in-memory layer)"
-    print(f"profile: {args.profile}; {args.size} B ciphertexts, window {args.window}, {args.repeat} repetition(s)", flush=True)
+    print(f"profile: {args.profile}; {args.size} B ciphertexts, window {args.window}, {args.repeat} repetition(s), "
+          f"{'one frame per server frame' if args.no_batch else 'batch frames (?batch=1)'}", flush=True)
     results = asyncio.run(run_all(args))
     print(table(results))
     if args.json:

@@ -16,7 +16,7 @@ import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -41,12 +41,19 @@ from messaging.events import OUTBOX
 
 logger = logging.getLogger("enigmo.relay")
 
-PAGE_SIZE = 200
-WINDOW = 1000  # envelopes sent on a connection and not yet acknowledged
+# A drain page is at most PAGE_SIZE envelopes and about PAGE_BYTES of frames: the first page of
+# a connection asks for FIRST_PAGE, later ones as many as PAGE_BYTES holds at the sizes seen.
+PAGE_SIZE = 1000
+FIRST_PAGE = 200
+PAGE_BYTES = 2 * 1024 * 1024
+WINDOW = 3000  # envelopes sent on a connection and not yet acknowledged (three pages in flight)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REPLACED = 4409
 CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008  # a flood: more frames than settings.WS_FRAME_RATE allows
+# With ?batch=1 the frames one event-loop tick produces for a socket leave as one
+# {"type": "batch", "frames": [...]} frame, up to this many bytes of frames each.
+BATCH_BYTES = 256 * 1024
 
 
 def tick_seconds() -> float:
@@ -392,6 +399,10 @@ class RelayConsumer(AsyncWebsocketConsumer):
     """One socket of one device. Client frames are dispatched through an allow-list."""
 
     device: Device | None = None
+    batching = False  # ?batch=1: the client reads {"type": "batch", "frames": [...]}
+    outq: list[str]
+    outq_bytes = 0
+    out_task: asyncio.Future[None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' AsyncConsumer.__call__ with a channel-layer receive that survives layer
@@ -428,6 +439,9 @@ class RelayConsumer(AsyncWebsocketConsumer):
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.batching = query.get("batch") == ["1"]
+        self.outq = []
         headers = dict(self.scope.get("headers", []))
         origin = headers.get(b"origin")
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
@@ -452,6 +466,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
         self.catching_up = True
         self.dirty = False
         self.last_drained = 0.0
+        self.page_limit = FIRST_PAGE
         self.drainer: asyncio.Task[None] | None = None
         self.closing = False
         self.ack_queue: list[tuple[list[str], Any]] = []
@@ -509,8 +524,11 @@ class RelayConsumer(AsyncWebsocketConsumer):
                         break  # an ack makes room and wakes the drain again
                     first = self.catching_up and not self.conv_last
                     page, has_more, heads = await db(
-                        _pending_page, self.device.pk, list(self.inflight), min(PAGE_SIZE, room), self.device.user_id if first else None
+                        _pending_page, self.device.pk, list(self.inflight), min(self.page_limit, room), self.device.user_id if first else None
                     )
+                    if page:  # the next page: as many envelopes as PAGE_BYTES holds at this page's sizes
+                        average = sum(len(text) for *_, text in page) / len(page)
+                        self.page_limit = max(1, min(PAGE_SIZE, int(PAGE_BYTES / average)))
                     for conversation, head in heads.items():
                         if head > self.conv_last.get(conversation, 0):
                             self.conv_last[conversation] = head
@@ -577,6 +595,31 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame))
+
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+        """With batching, a text frame joins this tick's batch (in order) instead of going out on
+        its own: a backlog page, or a tick's receipts, costs one WebSocket frame, not hundreds."""
+        if not self.batching or text_data is None or close:
+            await self.flush_out()
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+            return
+        self.outq.append(text_data)
+        self.outq_bytes += len(text_data)
+        if self.outq_bytes >= BATCH_BYTES:
+            await self.flush_out()
+        elif len(self.outq) == 1:
+            self.out_task = asyncio.ensure_future(self.flush_out())  # runs after this tick's work
+
+    async def flush_out(self) -> None:
+        if not self.outq:
+            return
+        frames, self.outq, self.outq_bytes = self.outq, [], 0
+        text = frames[0] if len(frames) == 1 else '{"type":"batch","frames":[' + ",".join(frames) + "]}"
+        await super().send(text_data=text)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        await self.flush_out()  # what was said before the close still arrives, and first
+        await super().close(code=code, reason=reason)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.device is None or self.closing:

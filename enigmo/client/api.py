@@ -4,6 +4,7 @@ errors turned into ApiError, raw media upload/download, and the relay socket."""
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import socket
 import urllib.error
@@ -110,7 +111,8 @@ class Api:
     def ws_url(self) -> str:
         parts = urllib.parse.urlsplit(self.server)
         scheme = "wss" if parts.scheme == "https" else "ws"
-        return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/api/v1/ws", "", ""))
+        # batch=1: the frames the server produces in one tick arrive as one batch frame (Relay unpacks)
+        return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/api/v1/ws", "batch=1", ""))
 
     def socket(self) -> "Relay":
         if not self.token:
@@ -135,13 +137,19 @@ class Relay:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self._ref = 0
+        self._unpacked: collections.deque[dict[str, Any]] = collections.deque()
 
     def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
+        if self._unpacked:
+            return self._unpacked.popleft()
         try:
             text = self.conn.recv(timeout=timeout)
         except TimeoutError:
             return None
         frame = json.loads(text)
+        if isinstance(frame, dict) and frame.get("type") == "batch" and isinstance(frame.get("frames"), list):
+            self._unpacked.extend(f for f in frame["frames"] if isinstance(f, dict))
+            return self._unpacked.popleft() if self._unpacked else None
         return frame if isinstance(frame, dict) else None
 
     def send(self, frame: dict[str, Any]) -> int:

@@ -48,7 +48,10 @@ export class RelaySocket extends EventTarget {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     let ws;
     try {
-      ws = new WebSocket(`${scheme}//${location.host}${this.path}`);
+      // batch=1: what the server sends in one tick (a backlog page, a burst of receipts) arrives
+      // as one {"type": "batch", "frames": [...]} frame, handled below frame by frame, in order.
+      const query = this.path.includes("?") ? "&batch=1" : "?batch=1";
+      ws = new WebSocket(`${scheme}//${location.host}${this.path}${query}`);
     } catch {
       this.scheduleRetry();
       return;
@@ -71,14 +74,8 @@ export class RelaySocket extends EventTarget {
       } catch {
         return;
       }
-      if (frame.ref && this.pending.has(frame.ref)) {
-        const { resolve, reject, timer } = this.pending.get(frame.ref);
-        clearTimeout(timer);
-        this.pending.delete(frame.ref);
-        if (frame.type === "error") reject(frame.error || {});
-        else resolve(frame);
-      }
-      this.emit(frame.type, frame);
+      const frames = frame && frame.type === "batch" && Array.isArray(frame.frames) ? frame.frames : [frame];
+      for (const one of frames) if (one && typeof one === "object") this.handleFrame(one);
     };
     ws.onclose = (event) => {
       clearInterval(this.pingTimer);
@@ -106,6 +103,17 @@ export class RelaySocket extends EventTarget {
     this.emit("status", { state: "waiting", delay });
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.open(), delay);
+  }
+
+  handleFrame(frame) {
+    if (frame.ref && this.pending.has(frame.ref)) {
+      const { resolve, reject, timer } = this.pending.get(frame.ref);
+      clearTimeout(timer);
+      this.pending.delete(frame.ref);
+      if (frame.type === "error") reject(frame.error || {});
+      else resolve(frame);
+    }
+    this.emit(frame.type, frame);
   }
 
   heartbeat() {

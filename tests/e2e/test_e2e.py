@@ -152,9 +152,14 @@ def test_group_of_three(cast):
     say(carol, group, "thanks alice")
     say(bob2, group, "hi both, bob here")
     assert sorted(bodies(receive(alice, 2))) == ["hi both, bob here", "thanks alice"]
-    assert bodies(receive(bob, 3)) == ["welcome to the group", "thanks alice", "hi both, bob here"]
-    assert bodies(receive(bob2, 2)) == ["welcome to the group", "thanks alice"]
-    assert bodies(receive(carol, 2)) == ["welcome to the group", "hi both, bob here"]
+    # every member first learns the group's name, end to end, then the messages
+    for device, count, expected in ((bob, 4, ["welcome to the group", "thanks alice", "hi both, bob here"]),
+                                    (bob2, 3, ["welcome to the group", "thanks alice"]),
+                                    (carol, 3, ["welcome to the group", "hi both, bob here"])):
+        got = receive(device, count)
+        assert (got[0].content["type"], got[0].content["name"]) == ("meta", "three")
+        assert bodies(got[1:]) == expected
+    assert carol.conversations() and {c["id"]: c["name"] for c in carol.conversations()}[group] == "three"
     cast["group"] = group
 
 

@@ -13,9 +13,10 @@ from typing import Any
 import websockets
 
 
-async def ws_connect(ws_url: str, token: str) -> Any:
+async def ws_connect(ws_url: str, token: str, query: str = "") -> Any:
     return await websockets.connect(
-        ws_url + "/api/v1/ws", additional_headers={"Authorization": f"Token {token}"}, max_size=2**21, open_timeout=30, ping_interval=None
+        ws_url + "/api/v1/ws" + (f"?{query}" if query else ""), additional_headers={"Authorization": f"Token {token}"},
+        max_size=2**21, open_timeout=30, ping_interval=None,
     )
 
 

@@ -73,7 +73,13 @@ async def test_live_envelope_ack_and_no_redelivery(api, alice, bob, eve, chat):
     await eve_ws.disconnect()
 
 
-async def test_backlog_drains_in_pages_and_unacked_comes_back(api, alice, bob, eve, chat):
+async def test_backlog_drains_in_pages_and_unacked_comes_back(api, alice, bob, eve, chat, monkeypatch):
+    """The first page is FIRST_PAGE envelopes, later ones up to PAGE_SIZE; a reconnect without
+    acks gets everything again, in order; acked envelopes never come back."""
+    from messaging import consumers
+
+    monkeypatch.setattr(consumers, "FIRST_PAGE", 200)
+    monkeypatch.setattr(consumers, "PAGE_SIZE", 200)
     await bulk_send(chat, 450)
     bob_ws = await connect(bob)
     pages = []
@@ -101,6 +107,59 @@ async def test_backlog_drains_in_pages_and_unacked_comes_back(api, alice, bob, e
     first = await next_of(bob_ws, "envelope")
     assert first["seq"] == 201
     await bob_ws.disconnect()
+
+
+async def test_pages_shrink_to_their_byte_budget(api, alice, bob, eve, chat, monkeypatch):
+    """After the first page, a page holds about PAGE_BYTES of frames: big envelopes come in
+    small pages, so one drain never holds hundreds of large ciphertexts at once."""
+    from messaging import consumers
+
+    monkeypatch.setattr(consumers, "FIRST_PAGE", 10)
+    monkeypatch.setattr(consumers, "PAGE_BYTES", 30_000)
+    await bulk_send(chat, 60, text="x" * 2000)  # ~2.9 KB per frame → ~10 a page
+    bob_ws = await connect(bob)
+    pages, count = [], 0
+    while True:
+        frame = await bob_ws.receive_json_from(timeout=5)
+        if frame["type"] == "envelope":
+            count += 1
+        elif frame["type"] == "backlog":
+            pages.append(count - sum(pages))
+            if not frame["has_more"]:
+                break
+    assert sum(pages) == 60
+    assert pages[0] == 10 and max(pages) <= 11, pages
+    await bob_ws.disconnect()
+
+
+async def test_batch_sockets_get_a_page_in_one_frame_in_order(api, alice, bob, eve, chat, monkeypatch):
+    """With ?batch=1, the frames of one tick arrive as one {"type": "batch", "frames": [...]}
+    frame: a backlog page and its backlog marker together, in order; one ack frame acks them;
+    a live envelope afterwards arrives as well (alone, or in a batch)."""
+    from messaging import consumers
+
+    monkeypatch.setattr(consumers, "FIRST_PAGE", 50)
+    await bulk_send(chat, 120)
+    bob_ws = await connect(bob, query="batch=1")
+    first = await bob_ws.receive_json_from(timeout=5)
+    assert first["type"] == "batch"
+    kinds = [f["type"] for f in first["frames"]]
+    assert kinds == ["envelope"] * 50 + ["backlog"] and first["frames"][-1]["has_more"] is True
+    second = await bob_ws.receive_json_from(timeout=5)
+    assert [f["type"] for f in second["frames"]] == ["envelope"] * 70 + ["backlog"]
+    assert second["frames"][-1]["has_more"] is False
+    envelopes = first["frames"][:-1] + second["frames"][:-1]
+    assert [f["seq"] for f in envelopes] == list(range(1, 121))
+    assert unb64(envelopes[0]["ciphertext"]) == b"m0"
+    await bob_ws.send_json_to({"type": "ack", "ids": [f["id"] for f in envelopes], "ref": "all"})
+    assert await next_of(bob_ws, "ok") == {"type": "ok", "ref": "all"}
+    await asend(api, alice, chat, "live")
+    frame = await bob_ws.receive_json_from(timeout=5)
+    live = [f for f in (frame["frames"] if frame["type"] == "batch" else [frame]) if f["type"] == "envelope"]
+    assert len(live) == 1 and unb64(live[0]["ciphertext"]).startswith(b"live") and live[0]["seq"] == 121
+    await bob_ws.disconnect()
+    undelivered = await sync_to_async(Delivery.objects.filter(delivered_at__isnull=True, device__user__username="bob").count)()
+    assert undelivered == 1  # only the live one, not yet acked
 
 
 async def test_send_over_the_socket_ignores_forged_sender(api, alice, bob, eve, chat):

@@ -11,7 +11,7 @@ from enigmo.asgi import application
 from tests.support import Account, Device
 
 
-async def connect(account: Account | None = None, device: Device | None = None, *, origin: str | None = None, cookie: str | None = None, token: str | None = None) -> WebsocketCommunicator:
+async def connect(account: Account | None = None, device: Device | None = None, *, origin: str | None = None, cookie: str | None = None, token: str | None = None, query: str = "") -> WebsocketCommunicator:
     headers = []
     if token is None and account is not None:
         token = (device or account.device).token
@@ -21,7 +21,7 @@ async def connect(account: Account | None = None, device: Device | None = None, 
         headers.append((b"origin", origin.encode()))
     if cookie:
         headers.append((b"cookie", cookie.encode()))
-    comm = WebsocketCommunicator(application, "/api/v1/ws", headers=headers)
+    comm = WebsocketCommunicator(application, "/api/v1/ws" + (f"?{query}" if query else ""), headers=headers)
     comm.connected_ok, _ = await comm.connect(timeout=5)
     return comm
 
