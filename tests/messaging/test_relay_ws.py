@@ -34,6 +34,15 @@ def bulk_send(conversation_id: str, count: int, text: str = "m") -> None:
         )
 
 
+@sync_to_async
+def browser_login(api, account) -> str:
+    """A browser's login: the session cookie it gets, as a Cookie header value."""
+    client = Client()
+    response = client.post("/api/v1/auth/login", account.login_payload(account.challenge(api)), content_type="application/json")
+    assert response.status_code == 200
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
 @pytest.fixture(autouse=True)
 async def _close_thread_connections():
     """Consumers' ORM calls run in a worker thread; close its connection so the test database can be dropped."""
@@ -250,11 +259,7 @@ async def test_unauthenticated_and_origin_rules(api, alice, bob, eve, chat):
     ws = await connect(alice, origin="https://evil.example")
     assert ws.connected_ok is False  # refused at the handshake
     # a browser session: cookie + allowed Origin works; the cookie without an Origin does not
-    client = Client()
-    nonce = await sync_to_async(alice.challenge)(api)
-    response = await sync_to_async(client.post)("/api/v1/auth/login", alice.login_payload(nonce), content_type="application/json")
-    assert response.status_code == 200
-    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    cookie = await browser_login(api, alice)
     ws = await connect(cookie=cookie, origin="http://127.0.0.1:8000")
     assert (await next_of(ws, "backlog"))["has_more"] is False
     await ws.disconnect()
@@ -266,11 +271,7 @@ async def test_a_browser_socket_dies_with_its_login(api, alice, bob, eve, chat):
     """A session socket is bound to the login that made the session: when the device logs in
     again (a new token replaces the old), the periodic re-check closes the old session's
     socket (4401), and that cookie cannot open a new one."""
-    client = Client()
-    nonce = await sync_to_async(alice.challenge)(api)
-    response = await sync_to_async(client.post)("/api/v1/auth/login", alice.login_payload(nonce), content_type="application/json")
-    assert response.status_code == 200
-    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    cookie = await browser_login(api, alice)
     ws = await connect(cookie=cookie, origin="http://127.0.0.1:8000")
     assert (await next_of(ws, "backlog"))["has_more"] is False
     await sync_to_async(alice.login)(api)  # the same device, a new login elsewhere
