@@ -29,6 +29,17 @@ def _fresh_cache():
     _clear_cache()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test (and its event loop) gets its own channel-layer instance: channels-redis binds
+    its pools and locks to the loop that first used them."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture
 def api(client):
     return DjangoTransport(client)
