@@ -28,7 +28,8 @@ def browser():
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
         yield browser
-        browser.close()
+        if browser.is_connected():  # closing a browser whose process died waits forever
+            browser.close()
 
 
 @pytest.fixture
