@@ -206,6 +206,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
         rx_url, tx_url = servers.list[0].ws_url, servers.list[-1].ws_url
         receivers = await connect(rx_url, [rx for _, rx, _, _, _ in cast])
         senders = await connect(tx_url, [tx for tx, _, _, _, _ in cast])
+        print(f"  {conns} sockets connected and drained", flush=True)
         await asyncio.sleep(1)
         rss_per_conn = sum(proc_kb(s.process.pid, "VmRSS") for s in servers.list) - base_rss * processes
         stored: set[str] = set()

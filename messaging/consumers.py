@@ -130,7 +130,18 @@ def reset_db_executor() -> None:
 def _in_db_thread(func: Any, *args: Any, **kwargs: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
     """Run one service call; collect its events instead of sending them from this thread.
     Stale connections are recycled at most every few seconds, not around every call (each
-    recycle costs a health-check round trip with CONN_HEALTH_CHECKS)."""
+    recycle costs a health-check round trip with CONN_HEALTH_CHECKS).
+
+    The call runs in this worker thread's own context, never the calling socket's: Django's
+    cache handler is context-local, so a socket's context would get its own cache client and
+    with it its own Redis connection pool (one Redis connection per WebSocket, measured)."""
+    context = getattr(_thread_state, "context", None)
+    if context is None:
+        context = _thread_state.context = contextvars.Context()
+    return context.run(_collecting, func, *args, **kwargs)
+
+
+def _collecting(func: Any, *args: Any, **kwargs: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
     now = time.monotonic()
     if now - getattr(_thread_state, "last_cleanup", 0.0) > 5:
         close_old_connections()
@@ -177,8 +188,7 @@ async def layer_call(method: str, *args: Any) -> None:
 async def db(func: Any, *args: Any, **kwargs: Any) -> Any:
     """Call `func` in the database thread, then publish the events it produced from the loop."""
     loop = asyncio.get_running_loop()
-    call = contextvars.copy_context().run
-    result, box = await loop.run_in_executor(_db_executor(), functools.partial(call, _in_db_thread, func, *args, **kwargs))
+    result, box = await loop.run_in_executor(_db_executor(), functools.partial(_in_db_thread, func, *args, **kwargs))
     if box:
         outcomes = await asyncio.gather(*(layer_call("group_send", group, event) for group, event in box), return_exceptions=True)
         for outcome in outcomes:
@@ -204,6 +214,12 @@ def _session_current(session: Any, token_hash: str) -> bool:
         and session.get(SESSION_LOGIN_KEY) == session_login_binding(token_hash)
         and session.exists(session.session_key)
     )
+
+
+def _claim_current(device_pk: int, channel_name: str) -> None:
+    """This socket is now the device's current one (`cache` is resolved here, in the database
+    thread: resolved on the event loop it would be the socket's own cache client)."""
+    cache.set(_current_key(device_pk), channel_name, 3 * tick_seconds() + 30)
 
 
 def _on_disconnect(device: Device, channel_name: str) -> None:
@@ -479,7 +495,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
         await layer_call("group_send", device_group(device.pk), {"type": "device.replaced", "channel": self.channel_name})
         await layer_call("group_add", device_group(device.pk), self.channel_name)
         await layer_call("group_add", user_group(device.user_id), self.channel_name)
-        await db(cache.set, _current_key(device.pk), self.channel_name, 3 * tick_seconds() + 30)
+        await db(_claim_current, device.pk, self.channel_name)
         relay.register(self)
         trimmed = await db(_on_connect_after_claim, device)
         if trimmed:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextvars
 import functools
 import json
 import logging
@@ -188,8 +187,7 @@ async def in_db(func: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[An
     from messaging.consumers import _db_executor, _in_db_thread
 
     loop = asyncio.get_running_loop()
-    call = contextvars.copy_context().run
-    return await loop.run_in_executor(_db_executor(), functools.partial(call, _in_db_thread, func, *args, **kwargs))
+    return await loop.run_in_executor(_db_executor(), functools.partial(_in_db_thread, func, *args, **kwargs))
 
 
 def _send_batch(items: list[services.BatchSend]) -> None:

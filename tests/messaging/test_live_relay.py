@@ -21,6 +21,26 @@ pytestmark = pytest.mark.live
 needs_shared_layer = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the embedded profile has no shared channel layer")
 
 
+def redis_sockets_of(pid: int, port: int = 6379) -> int:
+    """TCP connections the process `pid` holds to a Redis on `port` (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                    count += 1
+    return count
+
+
 def test_idempotency_survives_a_restart_and_a_sigkill(live_server_factory):
     server = live_server_factory()
     api = HttpTransport(server.http_url)
@@ -123,6 +143,10 @@ async def test_a_thousand_connections_lose_nothing(live_server_factory):
         senders += await asyncio.gather(*(ws_connect(server.ws_url, tx_token) for tx_token, _, _, _, _ in cast[start : start + 100]))
     sent_ids: set[str] = set()
     print(f"connected {time.monotonic() - started:.1f}s")
+    # Redis connections are per process, not per socket (a socket's own cache client once
+    # opened one Redis connection per WebSocket: 1,000 sockets, 1,000 connections).
+    redis_sockets = redis_sockets_of(server.process.pid)
+    assert 0 < redis_sockets < 150, f"{redis_sockets} Redis connections for {2 * pairs} WebSockets"
 
     async def send_all(ws, chat: str, to: str) -> None:
         for n in range(per_sender):
