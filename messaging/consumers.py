@@ -411,6 +411,51 @@ def _valid(serializer_class: type[serializers.Serializer], frame: dict[str, Any]
     return dict(data.validated_data)
 
 
+class LayerPump:
+    """channels-redis, one receive for the whole process. Its receive() for a process-local
+    channel pops whatever arrives for any channel of this process into per-channel buffers;
+    with every socket calling it, each idle socket holds a lock waiter, two tasks and a wait
+    of its own (≈ 2 KB a socket). Here one task keeps receiving, on a channel nobody sends
+    to, and a socket waits on its own buffer only. The in-memory layer is used as it is."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.layer: Any = None
+
+    def serves(self, layer: Any) -> bool:
+        from channels_redis.core import RedisChannelLayer
+
+        if not isinstance(layer, RedisChannelLayer):
+            return False
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop or self.layer is not layer:
+            if self.task is not None and not self.task.done() and self.task.get_loop() is loop:
+                self.task.cancel()
+            self.layer = layer
+            self.task = loop.create_task(self.run(layer))
+        return True
+
+    async def run(self, layer: Any) -> None:
+        channel = await layer.new_channel()  # same process prefix as the sockets: one Redis list
+        while True:
+            try:
+                await layer.receive(channel)  # never addressed: it only fills the sockets' buffers
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # nudges lost meanwhile are recovered by the next drain
+                logger.warning("channel layer receive failed error=%s; retrying", type(exc).__name__)
+                await asyncio.sleep(0.1)
+
+    def forget(self, layer: Any, channel: str) -> None:
+        """A closed socket's buffer goes (channels-redis would keep it, and what still arrives)."""
+        buffers = getattr(layer, "receive_buffer", None)
+        if buffers is not None:
+            buffers.pop(channel, None)
+
+
+PUMP = LayerPump()
+
+
 class RelayConsumer(AsyncWebsocketConsumer):
     """One socket of one device. Client frames are dispatched through an allow-list."""
 
@@ -433,6 +478,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
             await await_many_dispatch([receive, self.channel_receive], self.dispatch)
         except StopConsumer:
             pass
+        finally:
+            PUMP.forget(self.channel_layer, self.channel_name)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without closing old connections around every frame: this consumer
@@ -443,6 +490,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def _layer_receive(self) -> dict[str, Any]:
+        if PUMP.serves(self.channel_layer):
+            return await self.channel_layer.receive_buffer[self.channel_name].get()
         while True:
             try:
                 return await self.channel_layer.receive(self.channel_name)
