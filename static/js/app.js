@@ -6,6 +6,7 @@ import { $, drawQr, wireDialogs } from "./ui/dom.js";
 
 let engine = null;
 let vault = null;
+let loggingOut = false;
 
 function showScreen(name) {
   $("boot").hidden = name !== "boot";
@@ -45,7 +46,9 @@ async function startMessenger() {
 }
 
 async function loggedOut(reason) {
-  vault?.close();
+  if (loggingOut) return reason;
+  loggingOut = true; // "Log out" here and the server's 4401 close of the socket can both report it
+  vault?.close(); // before the wipe: this page's own connection would block it
   await Vault.wipe().catch(() => {});
   location.reload();
   return reason;
@@ -120,6 +123,7 @@ async function main() {
   bootStatus("Loading encryption…");
   try {
     vault = await Vault.open();
+    vault.onClosedElsewhere = () => location.reload(); // another tab logged out (and erases the vault)
     const { Engine } = await import("./engine.js");
     engine = await Engine.create(vault);
   } catch (err) {

@@ -209,12 +209,15 @@ export class Engine {
       await this.vault.put(`trust:${username}`, { accountKey, verified: false, changed: false, blocked: false });
       return { status: "new", blocked: false };
     }
-    if (C.equal(trust.accountKey, accountKey)) return { status: trust.changed ? "changed" : "ok", blocked: trust.blocked, verified: trust.verified };
-    const next = { accountKey, previousKey: trust.accountKey, verified: false, changed: true, blocked: trust.verified || trust.blocked };
+    if (C.equal(trust.accountKey, accountKey)) {
+      return { status: trust.changed ? "changed" : "ok", blocked: trust.blocked, verified: trust.verified, changedMs: trust.changedMs || 0 };
+    }
+    // changedMs: a message written before this moment was written for the old key.
+    const next = { accountKey, previousKey: trust.accountKey, verified: false, changed: true, blocked: trust.verified || trust.blocked, changedMs: Date.now() };
     await this.vault.put(`trust:${username}`, next);
     // Sessions with the old key are archived: nothing pending is re-encrypted to the new key silently.
     for (const key of await this.sessionAddresses(username)) await this.sessionDrop(key);
-    return { status: "changed", blocked: next.blocked, verified: false };
+    return { status: "changed", blocked: next.blocked, verified: false, changedMs: next.changedMs };
   }
 
   async trustConfirm(username) {

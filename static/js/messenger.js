@@ -53,7 +53,7 @@ export class Messenger {
     await this.loadPrivacy().catch(() => {});
     await this.refreshConversations().catch(() => {});
     this.view.renderList();
-    this.socket.on("status", (s) => this.view.connection(s.state));
+    this.socket.on("status", (s) => this.view.connection(s));
     this.socket.on("open", () => this.onSocketOpen());
     this.socket.on("envelope", (f) => this.onEnvelope(f));
     this.socket.on("receipt", (f) => this.onReceipt(f));
@@ -117,7 +117,8 @@ export class Messenger {
         kind: c.kind,
         participants,
         left: false,
-        unread: c.unread_count,
+        // The open chat is read (mark-read may still be on its way to the server).
+        unread: c.id === this.current && !document.hidden ? 0 : c.unread_count,
         lastSeq: c.last_seq,
         lastActivity: Date.parse(c.last_activity_at) || existing.lastActivity || 0,
         timer: c.disappearing_seconds || 0,
@@ -279,11 +280,20 @@ export class Messenger {
       const directory = await api.get(`/keys/identity/${encodeURIComponent(user)}`);
       const result = await this.engine.trustObserve(user, decodeB64(directory.account_key));
       this.trust.set(user, result);
-      if (result.status === "changed" && !this.hasSystemNotice(convId, `keychange:${user}:${directory.account_key}`)) {
-        await this.addSystem(convId, `${user}'s safety number has changed. Verify it before sending sensitive information.`, `keychange:${user}:${directory.account_key}`);
-      }
+      if (result.status === "changed") await this.keyChangeNotice(convId, user, directory.account_key);
     }
     this.view.renderTrust(conv, this.trustWarnings(conv));
+  }
+
+  // However the change was learnt (opening the chat, a new session, a bundle fetched to send), the
+  // conversation gets one notice per new key, and the warning shows if the chat is open.
+  async keyChangeNotice(convId, user, accountKeyB64) {
+    const key = `keychange:${user}:${accountKeyB64}`;
+    if (!this.hasSystemNotice(convId, key)) {
+      await this.addSystem(convId, `${user}'s safety number has changed. Verify it before sending sensitive information.`, key);
+    }
+    const conv = this.conversations.get(convId);
+    if (conv && convId === this.current) this.view.renderTrust(conv, this.trustWarnings(conv));
   }
 
   trustWarnings(conv) {
@@ -506,7 +516,7 @@ export class Messenger {
         if (item.upload) await this.uploadQueued(item);
         const { content } = item; // with the uploaded attachment's ref
         const detail = await this.conversationDetail(convId, { fresh: attempt > 0 });
-        const targets = await this.ensureSessions(detail);
+        const targets = await this.ensureSessions(detail, item);
         const recipients = await this.engine.encryptFor(targets, content);
         const body = { client_message_id: content.id, kind: item.kind, recipients };
         if (item.replyTo) {
@@ -551,31 +561,46 @@ export class Messenger {
     }
   }
 
-  // Every device of every participant except this one; sessions for new devices from their bundles.
-  async ensureSessions(detail) {
+  // Every device of every participant except this one, each with a session. The bundle fetched for
+  // a missing session carries the account key: a change puts a notice in the conversation before
+  // anything is encrypted to the new key, and a message written before the change was known is
+  // held as "Not sent" (Retry is the user's go-ahead). A verified contact's change blocks sending.
+  async ensureSessions(detail, item) {
     const targets = [];
-    const missingByUser = new Map();
+    const devicesByUser = new Map();
     for (const p of detail.participants) {
       const trust = this.trust.get(p.user_id);
       if (trust && trust.blocked) {
         throw new EncryptionBlocked("key_changed", `${p.user_id}'s safety number changed. Review and accept it before sending.`);
       }
-      for (const deviceId of p.devices) {
-        if (p.user_id === this.me && deviceId === this.engine.deviceId) continue;
-        targets.push({ userId: p.user_id, deviceId });
-        if (!(await this.engine.hasSession(`${p.user_id}.${deviceId}`))) {
-          if (!missingByUser.has(p.user_id)) missingByUser.set(p.user_id, []);
-          missingByUser.get(p.user_id).push(deviceId);
+      const devices = p.devices.filter((deviceId) => !(p.user_id === this.me && deviceId === this.engine.deviceId));
+      for (const deviceId of devices) targets.push({ userId: p.user_id, deviceId });
+      devicesByUser.set(p.user_id, devices);
+    }
+    for (const [user, devices] of devicesByUser) {
+      if (!(await this.devicesWithoutSession(user, devices)).length) continue;
+      const bundle = await api.get(`/keys/prekeys/${encodeURIComponent(user)}`);
+      const trust = await this.engine.trustObserve(user, decodeB64(bundle.account_key));
+      this.trust.set(user, trust);
+      if (trust.status === "changed") {
+        await this.keyChangeNotice(item.convId, user, bundle.account_key);
+        if (trust.blocked) {
+          throw new EncryptionBlocked("key_changed", `${user}'s safety number changed. Review and accept it before sending.`);
+        }
+        if (item.kind === "message" && !item.retried && item.content.sent_ms < trust.changedMs) {
+          throw new EncryptionBlocked("key_changed", `${user}'s safety number changed after you wrote this. Check it, then Retry to send.`);
         }
       }
-    }
-    for (const [user, devices] of missingByUser) {
-      const bundle = await api.get(`/keys/prekeys/${encodeURIComponent(user)}`);
-      await this.engine.sessionsFromBundle(bundle, devices);
-      const trust = this.trust.get(user);
-      if (!trust) this.trust.set(user, { status: "ok", blocked: false });
+      // Asked again: a key change has just reset the sessions with the old key.
+      await this.engine.sessionsFromBundle(bundle, await this.devicesWithoutSession(user, devices));
     }
     return targets;
+  }
+
+  async devicesWithoutSession(user, devices) {
+    const missing = [];
+    for (const deviceId of devices) if (!(await this.engine.hasSession(`${user}.${deviceId}`))) missing.push(deviceId);
+    return missing;
   }
 
   async markSent(convId, contentId, sent, noRecipients) {
@@ -694,8 +719,12 @@ export class Messenger {
         this.view.upsertMessage(message);
         const conv = this.conversations.get(convId);
         if (conv) {
-          conv.lastActivity = message.createdMs;
-          if (!mine && (convId !== this.current || document.hidden)) conv.unread = (conv.unread || 0) + 1;
+          conv.lastActivity = Math.max(conv.lastActivity || 0, message.createdMs);
+          // A message up to the listing's last_seq is already in its unread_count (the backlog
+          // after a reload, the first message of a new conversation): counted once, not twice.
+          const listed = frame.seq <= (conv.lastSeq || 0);
+          conv.lastSeq = Math.max(conv.lastSeq || 0, frame.seq);
+          if (!mine && !listed && (convId !== this.current || document.hidden)) conv.unread = (conv.unread || 0) + 1;
         }
         this.view.renderList();
         if (!mine) {
@@ -739,11 +768,7 @@ export class Messenger {
       if (!this.engine.deviceCertified(directory, deviceId, identityKey)) {
         await this.addSystem(convId, `Warning: a message from ${user} came from a device key their account did not certify.`);
       }
-      if (trust.status === "changed") {
-        await this.addSystem(convId, `${user}'s safety number has changed.`, `keychange:${user}:${directory.account_key}`);
-        const conv = this.conversations.get(convId);
-        if (convId === this.current && conv) this.view.renderTrust(conv, this.trustWarnings(conv));
-      }
+      if (trust.status === "changed") await this.keyChangeNotice(convId, user, directory.account_key);
     } catch {
       // Offline: checked again when the conversation is opened.
     }

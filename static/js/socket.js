@@ -1,5 +1,6 @@
-// The relay WebSocket: reconnects with jittered exponential backoff, pings to detect dead links,
-// and hands every server frame to the listeners by its type.
+// The relay WebSocket: reconnects with jittered exponential backoff (capped), pings to detect dead
+// links, drops the socket as soon as the browser reports the network gone, and hands every server
+// frame to the listeners by its type.
 
 const config = JSON.parse(document.getElementById("enigmo-config").textContent);
 
@@ -16,8 +17,19 @@ export class RelaySocket extends EventTarget {
     this.pending = new Map();
     this.pingTimer = null;
     this.retryTimer = null;
+    this.retryAt = 0; // when the scheduled reconnect comes, while one is scheduled
     this.lastFrame = 0;
-    window.addEventListener("online", () => this.reconnectNow());
+    this.networkDown = navigator.onLine === false;
+    window.addEventListener("online", () => {
+      this.networkDown = false;
+      this.reconnectNow();
+    });
+    // A link that died can look open for a minute, until the heartbeat notices: the browser knows sooner.
+    window.addEventListener("offline", () => {
+      this.networkDown = true;
+      if (this.ws) this.abandon(1006);
+      else if (this.retryAt) this.emit("status", { state: "waiting", delay: this.retryAt - Date.now(), networkDown: true });
+    });
   }
 
   get connected() {
@@ -40,11 +52,22 @@ export class RelaySocket extends EventTarget {
     if (this.stopped || this.connected) return;
     clearTimeout(this.retryTimer);
     this.attempt = 0;
+    if (this.ws) detach(this.ws); // an attempt made while offline would only fail later
+    this.ws = null;
     this.open();
+  }
+
+  // Give up on the current socket now: a dead link never completes the closing handshake, so its
+  // close event could come much later.
+  abandon(code) {
+    if (this.stopped || !this.ws) return;
+    detach(this.ws);
+    this.closed(code);
   }
 
   open() {
     if (this.stopped) return;
+    this.retryAt = 0;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     let ws;
     try {
@@ -77,22 +100,25 @@ export class RelaySocket extends EventTarget {
       const frames = frame && frame.type === "batch" && Array.isArray(frame.frames) ? frame.frames : [frame];
       for (const one of frames) if (one && typeof one === "object") this.handleFrame(one);
     };
-    ws.onclose = (event) => {
-      clearInterval(this.pingTimer);
-      if (this.ws === ws) this.ws = null;
-      for (const [ref, { reject, timer }] of this.pending) {
-        clearTimeout(timer);
-        reject({ code: "disconnected" });
-        this.pending.delete(ref);
-      }
-      this.emit("status", { state: "offline", code: event.code });
-      // Revoked or logged out elsewhere: the session is gone, reconnecting cannot help.
-      if (event.code === 4401 || event.code === 4403) {
-        this.emit("unauthorized", { code: event.code });
-        return;
-      }
-      this.scheduleRetry();
-    };
+    ws.onclose = (event) => this.closed(event.code);
+  }
+
+  closed(code) {
+    this.ws = null;
+    clearInterval(this.pingTimer);
+    for (const [ref, { reject, timer }] of this.pending) {
+      clearTimeout(timer);
+      reject({ code: "disconnected" });
+      this.pending.delete(ref);
+    }
+    this.emit("status", { state: "offline", code });
+    if (this.stopped) return;
+    // Revoked or logged out elsewhere: the session is gone, reconnecting cannot help.
+    if (code === 4401 || code === 4403) {
+      this.emit("unauthorized", { code });
+      return;
+    }
+    this.scheduleRetry();
   }
 
   scheduleRetry() {
@@ -100,7 +126,8 @@ export class RelaySocket extends EventTarget {
     const base = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
     const delay = base / 2 + Math.random() * (base / 2);
     this.attempt += 1;
-    this.emit("status", { state: "waiting", delay });
+    this.retryAt = Date.now() + delay;
+    this.emit("status", { state: "waiting", delay, networkDown: this.networkDown });
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.open(), delay);
   }
@@ -119,7 +146,7 @@ export class RelaySocket extends EventTarget {
   heartbeat() {
     if (!this.connected) return;
     if (Date.now() - this.lastFrame > 50000) {
-      this.ws.close(4000);
+      this.abandon(4000);
       return;
     }
     this.send({ type: "ping" });
@@ -153,5 +180,15 @@ export class RelaySocket extends EventTarget {
 
   on(type, handler) {
     this.addEventListener(type, (event) => handler(event.detail));
+  }
+}
+
+// Stop listening to a socket and close it; its late events go nowhere.
+function detach(ws) {
+  ws.onopen = ws.onmessage = ws.onclose = null;
+  try {
+    ws.close(4000);
+  } catch {
+    // Already closing.
   }
 }

@@ -35,7 +35,9 @@ function openDb(idb) {
 export async function indexedDbBackend(idb = globalThis.indexedDB) {
   const db = await openDb(idb);
   const store = (name, mode) => db.transaction(name, mode).objectStore(name);
-  return {
+  const backend = {
+    // Set by the app: this connection was closed because another tab erases or upgrades the store.
+    onClosedElsewhere: null,
     getMeta: (name) => promisify(store("meta").get(name)),
     // Get, or store `value` if absent, in one readwrite transaction: two tabs opening a fresh
     // vault at once end up with the same key.
@@ -56,6 +58,13 @@ export async function indexedDbBackend(idb = globalThis.indexedDB) {
     rowsWithPrefix: (prefix) => promisify(store("sealed").getAll(IDBKeyRange.bound(prefix, prefix + "\uffff"))),
     close: () => db.close(),
   };
+  // An open connection blocks deleteDatabase (a logout in another tab) for as long as it stays
+  // open: let go at once.
+  db.onversionchange = () => {
+    db.close();
+    backend.onClosedElsewhere?.();
+  };
+  return backend;
 }
 
 // JSON with Uint8Array kept as tagged base64.
@@ -138,7 +147,19 @@ export class Vault {
     this.backend.close();
   }
 
-  static async wipe() {
-    await promisify(indexedDB.deleteDatabase(DB_NAME));
+  set onClosedElsewhere(handler) {
+    this.backend.onClosedElsewhere = handler;
+  }
+
+  // Close this page's connection first (Vault.close): an open one would block the deletion. If an
+  // old tab still holds the store open, the deletion is queued and completes when it lets go;
+  // nothing waits for that here.
+  static wipe() {
+    return new Promise((resolve, reject) => {
+      const request = indexedDB.deleteDatabase(DB_NAME);
+      request.onsuccess = () => resolve(true);
+      request.onerror = () => reject(request.error);
+      request.onblocked = () => resolve(false);
+    });
   }
 }

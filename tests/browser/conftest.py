@@ -4,6 +4,9 @@ context per person, screenshots in test-artifacts/ and an axe check helper."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,99 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",  # a small or full /dev/shm must not stall the renderer
 ]
 TIMEOUT_MS = 30_000  # every Playwright wait has a bound; evaluate() has none of its own
+CLOSE_SECONDS = 10  # Playwright's close calls have no timeout: past this the Chromium is killed
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (parent := _parent_pid(int(entry.name))) is not None:
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _chromium_main_pids() -> set[int]:
+    """The main process of every Chromium this test process started (through Playwright's driver)."""
+    mains = set()
+    for pid in _descendants(os.getpid()):
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            parent_exe = os.readlink(f"/proc/{_parent_pid(pid)}/exe")
+        except (OSError, TypeError):
+            continue
+        if exe.endswith("/chromium") and not parent_exe.endswith("/chromium"):
+            mains.add(pid)
+    return mains
+
+
+class Chromium:
+    """The Chromium of one test module. One that hangs while closing is killed (its pending
+    Playwright calls then fail at once) and the next person gets a freshly launched one."""
+
+    def __init__(self, playwright):
+        self.playwright = playwright
+        self.browser = None
+        self.pids: set[int] = set()
+        self.generation = 0
+        self.killed = False
+
+    def get(self):
+        if self.browser is None or self.killed or not self.browser.is_connected():
+            before = _chromium_main_pids()
+            self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+            self.pids = _chromium_main_pids() - before
+            self.generation += 1
+            self.killed = False
+        return self.browser
+
+    def kill(self, generation: int) -> None:
+        """Called from a watchdog thread: signals only, no Playwright call."""
+        if generation != self.generation:
+            return
+        self.killed = True
+        self.generation += 1  # whoever still holds a context of it must not wait on it
+        for pid in self.pids:
+            for process in [*_descendants(pid), pid]:
+                try:
+                    os.kill(process, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.pids = set()
+
+    def bounded(self, generation: int, close) -> None:
+        """Run a close call; if it has not returned after CLOSE_SECONDS, kill this Chromium."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        if generation != self.generation:
+            return  # killed already: its contexts went with it, and closing them could wait forever
+        watchdog = threading.Timer(CLOSE_SECONDS, self.kill, args=(generation,))
+        watchdog.start()
+        try:
+            close()
+        except PlaywrightError:
+            if generation == self.generation:
+                raise  # a failure of its own, not the kill
+        finally:
+            watchdog.cancel()
+        if generation != self.generation:
+            warnings.warn(f"Chromium did not close within {CLOSE_SECONDS} s and was killed", stacklevel=2)
+
+    def close(self) -> None:
+        if self.browser is not None and not self.killed and self.browser.is_connected():  # closing a dead one waits forever
+            self.bounded(self.generation, self.browser.close)
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +121,10 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium")
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        yield browser
-        if browser.is_connected():  # closing a browser whose process died waits forever
-            browser.close()
+        chromium = Chromium(p)
+        chromium.get()
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture
@@ -81,10 +176,12 @@ def database_dump(server) -> bytes:
 class Person:
     """One user in their own browser context (own cookies and IndexedDB)."""
 
-    def __init__(self, browser, server, name):
+    def __init__(self, chromium, server, name):
         self.name = name
         self.server = server
-        self.context = browser.new_context(base_url=server.http_url)
+        self.chromium = chromium
+        self.context = chromium.get().new_context(base_url=server.http_url)
+        self.generation = chromium.generation
         self.context.set_default_timeout(TIMEOUT_MS)
         self.context.set_default_navigation_timeout(TIMEOUT_MS)
         self.page = self.context.new_page()
@@ -150,7 +247,15 @@ class Person:
         ]
 
     def close(self):
-        self.context.close()
+        """Pages one by one, then the context, without beforeunload handlers; a Chromium stuck in
+        it (a revoked browser erasing its vault as it closes once hung here for minutes) is killed
+        after CLOSE_SECONDS, so one browser never hangs the rest of the suite."""
+        def close_all():
+            for page in list(self.context.pages):
+                page.close(run_before_unload=False)
+            self.context.close()
+
+        self.chromium.bounded(self.generation, close_all)
 
 
 @pytest.fixture
@@ -163,5 +268,11 @@ def people(browser, server):
         return person
 
     yield make
-    for person in created:
-        person.close()
+    failures = []
+    for person in created:  # every one, even after a failure
+        try:
+            person.close()
+        except Exception as exc:  # noqa: BLE001 - reported below, after the others are closed
+            failures.append(exc)
+    if failures:
+        raise failures[0]

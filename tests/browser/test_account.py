@@ -49,6 +49,19 @@ def test_onboarding_screen_is_accessible(people):
 
 LINK_CODE = re.compile(r"^[A-HJ-NP-Z2-9]{8}-[A-HJ-NP-Z2-9]{8}$")
 
+# How many sealed records this browser's vault holds (its keys, sessions and history).
+SEALED_ROWS = """() => new Promise((resolve, reject) => {
+  const request = indexedDB.open("enigmo");
+  request.onerror = () => reject(request.error);
+  request.onsuccess = () => {
+    const db = request.result;
+    if (!db.objectStoreNames.contains("sealed")) { db.close(); resolve(0); return; }
+    const count = db.transaction("sealed").objectStore("sealed").count();
+    count.onsuccess = () => { db.close(); resolve(count.result); };
+    count.onerror = () => { db.close(); reject(count.error); };
+  };
+})"""
+
 
 def start_linking(people):
     """alice's first browser, and a second browser showing its CODE-CHECK link code."""
@@ -66,6 +79,7 @@ def test_link_a_second_browser_by_short_code_then_see_and_revoke_it(people):
 
     alice, second, shown = start_linking(people)
     second.screenshot("09-link-code")
+    assert second.axe() == []  # the link panel: code, QR and status
     code = shown.lower().replace("-", " ")  # typed loosely: case, spaces and dashes do not matter
 
     alice.page.get_by_role("button", name="Devices").click()
@@ -79,6 +93,11 @@ def test_link_a_second_browser_by_short_code_then_see_and_revoke_it(people):
     assert alice.axe() == []
     alice.page.get_by_role("button", name=re.compile("^Remove")).click()
     expect(alice.page.locator("#device-list li")).to_have_count(1, timeout=10000)
+
+    # The removed browser is told at once (its socket closes with 4401): it erases its vault and
+    # is back at the start screen, with nothing of alice's left in this browser.
+    expect(second.page.locator("#onboarding")).to_be_visible(timeout=15000)
+    assert second.page.evaluate(SEALED_ROWS) == 0
 
 
 def test_linking_refuses_keys_the_server_substituted_and_sends_nothing(people):

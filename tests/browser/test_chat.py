@@ -38,7 +38,7 @@ def test_alice_and_bob_chat_both_ways_and_the_server_holds_no_plaintext(server, 
     assert alice.axe() == []
 
     dump = database_dump(server)
-    for text in (b"secret one", b"secret two", "Hello Bob".encode()):
+    for text in (b"secret one", b"secret two", b"Hello Bob"):
         assert text not in dump
 
 

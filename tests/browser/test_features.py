@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import ROOT, database_dump
+from tests.browser.test_settings_and_retry import server_messages
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
@@ -33,7 +34,7 @@ def chatting(people):
     except AssertionError:
         for p in (alice, bob):
             p.screenshot(f"debug-{p.name}")
-        raise AssertionError(f"alice: {alice.page.locator('#chat').inner_text()} {alice.errors}\nbob: {bob.page.locator('#chat').inner_text()} {bob.errors}")
+        raise AssertionError(f"alice: {alice.page.locator('#chat').inner_text()} {alice.errors}\nbob: {bob.page.locator('#chat').inner_text()} {bob.errors}") from None
     return alice, bob
 
 
@@ -148,5 +149,66 @@ def test_safety_number_and_key_change_blocks_a_verified_contact(server, people):
     expect(alice.page.locator("#send-error")).to_contain_text("safety number changed")
     expect(alice.message("should not leave").locator(".ticks")).to_have_attribute("data-status", "failed")
     alice.screenshot("08-key-change")
+    assert alice.axe() == []  # the key-change warning and the failed message
     alice.page.get_by_role("button", name="Accept new key").click()
     expect(alice.page.locator("#key-warning")).to_be_hidden()
+
+
+# What a server that wants to read bob's messages would do: give bob a new account key (its own),
+# re-certify bob's real devices with it, and add a device of its own (here: mallory's browser,
+# moved to bob's account) certified by that key. A client that re-encrypts to the new keys without
+# a word hands the attacker the message.
+SERVER_ADDS_A_DEVICE = r"""
+import django, time; django.setup()
+from django.contrib.auth import get_user_model
+from nacl.signing import SigningKey
+from enigmo.protocol.keys import device_certificate_message
+from keys.models import Device, IdentityKey
+User = get_user_model()
+bob, mallory = User.objects.get(username="bob"), User.objects.get(username="mallory")
+account = SigningKey.generate()
+IdentityKey.objects.filter(user=bob, kind="account").update(public_key=bytes(account.verify_key))
+stolen = Device.objects.get(user=mallory)
+stolen.user, stolen.device_id = bob, Device.objects.filter(user=bob).count() + 1
+stolen.save()
+IdentityKey.objects.filter(device=stolen).update(user=bob)
+for key in IdentityKey.objects.filter(user=bob, kind="device").select_related("device"):
+    issued = int(time.time() * 1000)
+    message = device_certificate_message("bob", key.device.device_id, bytes(key.public_key), issued)
+    IdentityKey.objects.filter(pk=key.pk).update(certificate=account.sign(message).signature, issued_ms=issued)
+"""
+
+
+def test_an_unverified_contacts_key_change_is_announced_before_anything_goes_to_the_new_key(server, people):
+    """bob is not verified. The server gives him a new account key, and a device of its own
+    certified by it: alice's next message does not go to the new keys without a word. The
+    conversation says bob's safety number changed, the warning shows, and the message waits as
+    "Not sent" until alice presses Retry. What she writes after seeing the notice goes as usual."""
+    alice, bob = chatting(people)
+    mallory = people("mallory").register()
+    mallory.close()
+    subprocess.run([sys.executable, "-c", SERVER_ADDS_A_DEVICE], cwd=ROOT,
+                   env={**server.env, "DJANGO_SETTINGS_MODULE": "enigmo.settings"}, check=True)
+    conversation = alice.page.locator("#conversation-list button[aria-current='true']").get_attribute("data-conversation")
+
+    alice.send("meant for bob alone")
+    held = alice.message("meant for bob alone")
+    expect(held.locator(".ticks")).to_have_attribute("data-status", "failed", timeout=20000)
+    expect(held.locator(".not-sent")).to_contain_text("safety number changed")
+    log = alice.page.get_by_role("log", name="Messages")
+    expect(log.locator(".message.system")).to_contain_text(["bob's safety number has changed"])
+    warning = alice.page.locator("#key-warning")
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text("bob's safety number has changed")
+    expect(warning).not_to_contain_text("sending is paused")  # not verified: a notice, not a block
+    assert len(server_messages(alice, conversation)) == 1, "only the first hello reached the server"
+    alice.screenshot("17-key-change-unverified")
+    assert alice.axe() == []
+
+    # Retry is the go-ahead: the message goes (bob's real device gets it too).
+    held.get_by_role("button", name="Retry").click()
+    expect(held.locator(".ticks")).not_to_have_attribute("data-status", re.compile("failed|pending"), timeout=20000)
+    expect(bob.message("meant for bob alone")).to_be_visible(timeout=20000)
+    alice.send("written after the notice")
+    expect(bob.message("written after the notice")).to_be_visible(timeout=20000)
+    expect(alice.message("written after the notice").locator(".not-sent")).to_have_count(0)

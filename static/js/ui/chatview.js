@@ -74,9 +74,12 @@ export class ChatView {
     document.addEventListener("keydown", (e) => this.shortcut(e));
   }
 
-  connection(state) {
+  // The relay socket's state; while it waits to reconnect, when the next attempt comes.
+  connection({ state, delay, networkDown }) {
     const node = $("connection");
-    node.textContent = { online: "Online", connecting: "Connecting…", waiting: "Reconnecting…", offline: "Offline" }[state] || state;
+    const seconds = Math.max(1, Math.ceil((delay || 0) / 1000));
+    const waiting = `${networkDown ? "No network. Retrying" : "Reconnecting"} in ${seconds} s…`;
+    node.textContent = { online: "Online", connecting: "Connecting…", waiting, offline: "Offline" }[state] || state;
     node.classList.toggle("online", state === "online");
   }
 
@@ -99,11 +102,12 @@ export class ChatView {
     list.replaceChildren();
     for (const { c, last } of convs) {
       const title = this.m.title(c);
-      if (query && !title.toLowerCase().includes(query)) continue;
       const others = (c.participants || []).filter((u) => u !== this.m.me);
+      if (query && ![title, ...others].some((name) => name.toLowerCase().includes(query))) continue;
       const online = c.kind === "direct" && others.length === 1 && this.m.presence.get(others[0])?.online;
       const preview = last ? previewText(last, this.m.me) : "No messages yet";
       const unread = c.unread || 0;
+      const activity = Math.max(c.lastActivity || 0, last?.sentMs || 0);
       const button = el("button", {
         type: "button",
         "aria-current": c.id === this.m.current ? "true" : "false",
@@ -113,11 +117,12 @@ export class ChatView {
       },
       el("span", { class: "avatar conv-avatar", "aria-hidden": "true" }, title.slice(0, 1), online ? el("span", { class: "presence" }) : null),
       el("span", { class: "conv-name" }, title),
-      el("span", { class: "conv-time" }, shortTime(Math.max(c.lastActivity || 0, last?.sentMs || 0))),
+      activity ? el("time", { class: "conv-time", datetime: new Date(activity).toISOString(), title: fullTime(activity) }, shortTime(activity)) : el("span"),
       el("span", { class: "conv-preview" }, preview),
       unread ? el("span", { class: "unread", "aria-hidden": "true" }, String(unread)) : el("span"));
       list.append(el("li", {}, button));
     }
+    if (query && !list.children.length) list.append(el("li", { class: "list-empty muted" }, "No conversations match."));
   }
 
   search(query) {
@@ -659,6 +664,7 @@ export class ChatView {
 
   shortcut(e) {
     const typing = e.target.matches("input, textarea, select");
+    if (document.querySelector("dialog[open]")) return; // a dialog has the keyboard; Esc closes it
     if (e.key === "Escape") {
       if (this.replyTo) this.setReply(null);
       document.querySelector(".emoji-picker")?.remove();
@@ -672,14 +678,25 @@ export class ChatView {
       $("conversation-search").focus();
     } else if (e.altKey && (e.key === "ArrowUp" || e.key === "ArrowDown")) {
       e.preventDefault();
-      const ids = [...document.querySelectorAll("#conversation-list [data-conversation]")].map((b) => b.dataset.conversation);
-      if (!ids.length) return;
-      const i = ids.indexOf(this.m.current);
-      const next = ids[(i + (e.key === "ArrowDown" ? 1 : -1) + ids.length) % ids.length];
-      this.m.open(next);
+      this.step(e.key === "ArrowDown" ? 1 : -1, { unreadOnly: e.shiftKey });
     } else if (e.key === "?" && !typing) {
       e.preventDefault();
       $("help-dialog").showModal();
+    }
+  }
+
+  // The next (1) or previous (-1) conversation in the list as shown, wrapping round; with
+  // unreadOnly, the next one with unread messages.
+  step(direction, { unreadOnly = false } = {}) {
+    const ids = [...document.querySelectorAll("#conversation-list [data-conversation]")].map((b) => b.dataset.conversation);
+    const count = ids.length;
+    // With none open, down starts at the top and up at the bottom.
+    const at = ids.includes(this.m.current) ? ids.indexOf(this.m.current) : direction > 0 ? -1 : count;
+    for (let n = 1; n <= count; n++) {
+      const id = ids[(((at + direction * n) % count) + count) % count];
+      if (id === this.m.current || (unreadOnly && !this.m.conversations.get(id)?.unread)) continue;
+      this.m.open(id);
+      return;
     }
   }
 }
