@@ -15,11 +15,13 @@ from django.views.decorators.http import require_GET
 
 
 def import_map() -> str:
-    """The bare specifiers the modules import (libsodium for crypto.js, uqr for QR codes), mapped to the npm files served under /static/npm/."""
+    """The bare specifiers the modules import (libsodium for crypto.js, uqr to draw QR codes, jsqr to
+    read them where the browser has no BarcodeDetector), mapped to the npm files served under /static/npm/."""
     imports = {
         "libsodium-wrappers-sumo": static("npm/libsodium-wrappers-sumo/dist/modules-sumo-esm/libsodium-wrappers.mjs"),
         "libsodium-sumo": static("npm/libsodium-sumo/dist/modules-sumo-esm/libsodium-sumo.mjs"),
         "uqr": static("npm/uqr/dist/index.mjs"),
+        "jsqr": static("npm/jsqr/dist/jsQR.js"),  # a UMD build: importing it defines self.jsQR
     }
     return json.dumps({"imports": imports}, separators=(",", ":"))
 

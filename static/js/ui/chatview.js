@@ -2,6 +2,7 @@
 // (new conversation, safety number, devices, privacy, group members, help) and keyboard shortcuts.
 // Text only, no innerHTML.
 import { $, clockTime, confirmDialog, el, fullTime, highlighted, lastSeenText, shortTime } from "./dom.js";
+import { scanLinkQr } from "./qrscan.js";
 
 const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏"];
 const TICKS = {
@@ -61,6 +62,7 @@ export class ChatView {
     $("member-add-form").addEventListener("submit", (e) => this.addMember(e));
     $("leave-group").addEventListener("click", () => this.leaveGroup());
     $("link-approve-form").addEventListener("submit", (e) => this.approveLink(e));
+    $("link-scan").addEventListener("click", () => this.scanLink());
     $("open-help").addEventListener("click", () => $("help-dialog").showModal());
     $("logout").addEventListener("click", () => this.m.logout());
     $("conversation-search").addEventListener("input", (e) => this.search(e.target.value));
@@ -530,6 +532,14 @@ export class ChatView {
       status.textContent = err.status === 404 ? "That code is unknown or expired."
         : err.code === "link_check_failed" ? `Refused: ${err.message}` : `Linking failed: ${err.message}`;
     }
+  }
+
+  // A scanned enigmo-link: text goes through the form exactly as if it had been pasted.
+  async scanLink() {
+    const text = await scanLinkQr();
+    if (!text) return;
+    $("link-approve-code").value = text;
+    $("link-approve-form").requestSubmit();
   }
 
   async openPrivacy() {
