@@ -56,6 +56,28 @@ def _allow_protocol_close_codes() -> None:
     WebSocketProtocol.serverClose = server_close  # type: ignore[method-assign]
 
 
+def _no_colour_for_discarded_debug_lines() -> None:
+    """autobahn builds the arguments of a debug log line (coloured names through click.style)
+    for every frame it sends, even though the line is dropped below DEBUG: a few percent of
+    the server's CPU under load. Those argument builders become plain str() unless debug
+    logging is on."""
+    import logging
+
+    if logging.getLogger("autobahn").isEnabledFor(logging.DEBUG) or os.environ.get("ENIGMO_LOG_LEVEL", "").upper() == "DEBUG":
+        return
+    import autobahn.twisted.websocket
+    import autobahn.websocket.protocol
+
+    for module in (autobahn.websocket.protocol, autobahn.twisted.websocket):
+        for name in ("hl", "hltype", "hlval"):
+            if hasattr(module, name):
+                setattr(module, name, _plain)
+
+
+def _plain(value, *args, **kwargs):  # type: ignore[no-untyped-def]
+    return value
+
+
 def _settle_the_heap() -> None:
     """Load the application, then move everything alive at start-up (Django, DRF, the URL
     conf: a few hundred thousand objects) out of the collector's reach with gc.freeze(), and
@@ -81,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
     _close_cleanly_on_protocol_errors()
     _allow_protocol_close_codes()
+    _no_colour_for_discarded_debug_lines()
     CommandLineInterface().run(daphne_arguments(sys.argv[1:] if argv is None else argv))
 
 

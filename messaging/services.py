@@ -8,7 +8,8 @@ import os
 import secrets
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -793,6 +794,19 @@ def messages_send_batch(*, items: list[BatchSend]) -> None:
     _send_one_by_one(slow)
 
 
+@contextmanager
+def _bound_cursor() -> Iterator[Any]:
+    """A psycopg cursor with server-side binding on the connection Django holds (inside its
+    transaction): the arrays go to PostgreSQL as parameters instead of being quoted into the
+    SQL text element by element in Python (client-side binding, Django's default, was ~10 %
+    of the process under load). Errors are Django's, as from connection.cursor()."""
+    import psycopg
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        yield cursor
+
+
 def _insert_batch_postgresql(messages: list[Message], fast: list[tuple[BatchSend, int, dict[tuple[str, int], int]]], now: datetime) -> None:
     """Both bulk inserts as one statement each over unnest() arrays: the ORM's bulk_create
     spends more Python per row than the database spends storing it. Rows are matched back by
@@ -801,7 +815,7 @@ def _insert_batch_postgresql(messages: list[Message], fast: list[tuple[BatchSend
     for message in messages:
         message.public_id = uuid.uuid4()
         message.created_at = now
-    with connection.cursor() as cursor:
+    with _bound_cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {mt} (public_id, conversation_id, seq, sender_user_id, sender_device_id, client_message_id, kind, created_at, expires_at) "
             "SELECT p, c, s, u, d, k, n, %s, e FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::uuid[], %s::varchar[], %s::timestamptz[]) "
