@@ -501,6 +501,40 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Issue 8's targets: (config prefix, what is compared, bound, higher is better).
+TARGETS = [
+    ("closed-1000", "ratio_to_raw", 0.25, True, "throughput ≥ 0.25× the raw relay at 1,000 connections"),
+    ("open-1000", "p50_ms", 5.0, False, "p50 ≤ 5 ms at 1,000 msg/s offered (open loop)"),
+    ("open-1000", "p99_ms", 50.0, False, "p99 ≤ 50 ms at 1,000 msg/s offered (open loop)"),
+    ("idle-5000", "rss_kb_per_conn", 40.0, False, "≤ 40 KB RSS per idle connection at 5,000"),
+    ("backlog-10000", "seconds", 2.0, False, "10,000 queued envelopes in ≤ 2 s"),
+    ("group-100", "p99_ms", 50.0, False, "100-device group fan-out p99 ≤ 50 ms"),
+]
+
+
+def judge(results: list[dict[str, Any]]) -> list[str]:
+    """Each target against this run's figures: met or not, and by what factor it is off.
+    Also marks every row with `target_met` (and every row's loss) in the JSON."""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    by_config = {row["config"]: row for row in results}
+    for config, key, bound, higher, text in TARGETS:
+        row = by_config.get(config)
+        if row is None or not isinstance(row.get(key), int | float):
+            lines.append(f"| {text} | not measured in this run | — |")
+            continue
+        value = row[key]
+        met = value >= bound if higher else value <= bound
+        factor = (bound / value if higher else value / bound) if value else float("inf")
+        row.setdefault("targets", {})[key] = {"bound": bound, "met": met}
+        lines.append(f"| {text} | {value:.3g} ({'met' if met else f'{factor:.1f}× off'}) | {'yes' if met else 'no'} |")
+    lossy = [row["config"] for row in results if (row.get("lost") or 0) > 0 and not row["config"].startswith("raw")]
+    lines.append(f"| 0 lost at every connection count and across processes | {'lost in ' + ', '.join(lossy) if lossy else '0 lost in every configuration'} | {'no' if lossy else 'yes'} |")
+    one, two = by_config.get("closed-1000"), by_config.get("two-proc-1000")
+    if one and two:
+        lines.append(f"| scale out: msg/s with one and two processes (1,000 connections) | {one.get('msgs_per_s', 0):.0f} vs {two.get('msgs_per_s', 0):.0f} | {'yes' if not lossy else 'no'} (0 loss is the target) |")
+    return lines
+
+
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -536,6 +570,8 @@ def main() -> None:
           f"{'one frame per server frame' if args.no_batch else 'batch frames (?batch=1)'}", flush=True)
     results = asyncio.run(run_all(args))
     print(table(results))
+    print()
+    print("\n".join(judge(results)))
     if args.json:
         meta = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), "nproc": os.cpu_count(), "loadavg": os.getloadavg()}
         Path(args.json).write_text(json.dumps([{**row, **meta} for row in results], indent=1) + "\n")
