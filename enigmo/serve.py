@@ -59,8 +59,8 @@ def _allow_protocol_close_codes() -> None:
 def _no_colour_for_discarded_debug_lines() -> None:
     """autobahn builds the arguments of a debug log line (coloured names through click.style)
     for every frame it sends, even though the line is dropped below DEBUG: a few percent of
-    the server's CPU under load. Those argument builders become plain str() unless debug
-    logging is on."""
+    the server's CPU under load. Unless debug logging is on, those argument builders hand
+    their argument back unchanged."""
     import logging
 
     if logging.getLogger("autobahn").isEnabledFor(logging.DEBUG) or os.environ.get("ENIGMO_LOG_LEVEL", "").upper() == "DEBUG":

@@ -24,6 +24,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from channels.security.websocket import OriginValidator
 from channels.utils import await_many_dispatch
+from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, connections
@@ -423,8 +424,7 @@ class LayerPump:
         self.layer: Any = None
 
     def serves(self, layer: Any) -> bool:
-        from channels_redis.core import RedisChannelLayer
-
+        """Called once per socket: True (and the pump running on this loop) for channels-redis."""
         if not isinstance(layer, RedisChannelLayer):
             return False
         loop = asyncio.get_running_loop()
@@ -461,6 +461,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
     device: Device | None = None
     batching = False  # ?batch=1: the client reads {"type": "batch", "frames": [...]}
+    buffered = False  # channels-redis: wait on this socket's buffer, filled by the PUMP
     outq: list[str]
     outq_bytes = 0
     out_task: asyncio.Future[None] | None = None
@@ -473,6 +474,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self.channel_receive = self._layer_receive
+        self.buffered = PUMP.serves(self.channel_layer)
         self.base_send = send
         try:
             await await_many_dispatch([receive, self.channel_receive], self.dispatch)
@@ -490,7 +492,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def _layer_receive(self) -> dict[str, Any]:
-        if PUMP.serves(self.channel_layer):
+        if self.buffered:
             return await self.channel_layer.receive_buffer[self.channel_name].get()
         while True:
             try:

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import database_dump
-from tests.browser.test_features import chatting
+from tests.browser.helpers import chatting
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 

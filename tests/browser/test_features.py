@@ -11,6 +11,8 @@ import sys
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.helpers import chatting
+
 from tests.browser.conftest import ROOT, database_dump
 from tests.browser.test_settings_and_retry import server_messages
 
@@ -22,20 +24,6 @@ PNG = base64.b64decode(
 )
 
 
-def chatting(people):
-    alice = people("alice").register()
-    bob = people("bob").register()
-    alice.start_conversation("bob")
-    alice.send("first hello")
-    expect(bob.page.locator("#conversation-list button", has_text="alice")).to_be_visible(timeout=20000)
-    bob.open_conversation("alice")
-    try:
-        expect(bob.message("first hello")).to_be_visible(timeout=20000)
-    except AssertionError:
-        for p in (alice, bob):
-            p.screenshot(f"debug-{p.name}")
-        raise AssertionError(f"alice: {alice.page.locator('#chat').inner_text()} {alice.errors}\nbob: {bob.page.locator('#chat').inner_text()} {bob.errors}") from None
-    return alice, bob
 
 
 def test_typing_image_history_search_outbox_reply_reaction_delete_timer(server, people):

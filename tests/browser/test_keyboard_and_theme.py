@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.test_features import chatting
+from tests.browser.helpers import chatting
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.test_features import PNG, chatting
+from tests.browser.helpers import chatting
+from tests.browser.test_features import PNG
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 

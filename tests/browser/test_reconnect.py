@@ -9,6 +9,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.helpers import chatting
+
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
 # Runs before the app: counts the WebSockets the page opens, on the <html> element so that
@@ -33,13 +35,7 @@ def test_reconnects_with_growing_capped_delays_then_messages_flow(people):
     alice = people("alice")
     alice.context.clock.install()  # time runs normally until the test moves it
     alice.context.add_init_script(COUNT_SOCKETS)
-    alice.register()
-    bob = people("bob").register()
-    alice.start_conversation("bob")
-    alice.send("before the outage")
-    expect(bob.page.locator("#conversation-list button", has_text="alice")).to_be_visible(timeout=20000)
-    bob.open_conversation("alice")
-    expect(bob.message("before the outage")).to_be_visible(timeout=20000)
+    alice, bob = chatting(people, alice, first="before the outage")
 
     page = alice.page
     status = page.locator("#connection")

@@ -8,21 +8,11 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.helpers import chatting
+
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
 SEND_ROUTE = "**/api/v1/conversations/*/messages"
-
-
-def chatting(people):
-    """alice and bob registered, with a direct conversation open on both sides."""
-    alice = people("alice").register()
-    bob = people("bob").register()
-    alice.start_conversation("bob")
-    alice.send("first hello")
-    expect(bob.page.locator("#conversation-list button", has_text="alice")).to_be_visible(timeout=20000)
-    bob.open_conversation("alice")
-    expect(bob.message("first hello")).to_be_visible(timeout=20000)
-    return alice, bob
 
 
 def current_conversation(person) -> str:
