@@ -596,8 +596,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
                     if page:  # the next page: as many envelopes as PAGE_BYTES holds at this page's sizes
                         average = sum(len(text) for *_, text in page) / len(page)
                         self.page_limit = max(1, min(PAGE_SIZE, int(PAGE_BYTES / average)))
-                    for conversation, head in heads.items():
-                        if head > self.conv_last.get(conversation, 0):
+                    for conversation, head in heads.items():  # head 0: nothing can be pending before seq 1
+                        if head > self.conv_last.get(conversation, -1):
                             self.conv_last[conversation] = head
                     for delivery_pk, meta, seq, text in page:
                         if self.closing:

@@ -1,0 +1,111 @@
+"""The relay's group commit (services.messages_send_batch): many socket sends stored in one go
+must give each sender exactly what message_send would, and store exactly that. Run without a
+test transaction around it (transactional_db), as the relay runs it: on PostgreSQL the store is
+one statement in its own transaction."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from enigmo.errors import EnigmoError
+from keys.models import Device
+from messaging import services
+from messaging.models import Conversation, Delivery, Message
+from tests.messaging.helpers import open_direct, open_group
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def device(account):
+    return Device.objects.get(user__username=account.username, device_id=account.device.device_id)
+
+
+def item(sender, conversation_id, *to, client_message_id=None, **extra):
+    recipients = [
+        services.RecipientInput(user_id=a.username, device_id=a.device.device_id, ciphertext=f"{a.username}:{uuid.uuid4()}".encode()) for a in to
+    ]
+    return services.BatchSend(
+        sender_device=device(sender), conversation_id=conversation_id, client_message_id=client_message_id or uuid.uuid4(), recipients=recipients, **extra
+    )
+
+
+def lifetime(answer):
+    return (parse_datetime(answer["expires_at"]) - parse_datetime(answer["created_at"])).total_seconds()
+
+
+def stored(answer):
+    return Message.objects.get(public_id=answer["id"])
+
+
+def test_one_batch_numbers_stores_and_answers_every_send_like_message_send(api, alice, bob, eve):
+    chat = open_direct(api, alice, bob)
+    group = open_group(api, alice, bob, eve)
+    assert api.post(f"/api/v1/conversations/{group}/timer", {"seconds": 60}, token=alice.token)[0] == 200
+    first = item(alice, chat, bob)
+    batch = [
+        first,
+        item(bob, chat, alice),
+        item(alice, group, bob, eve),  # no expires_in: the conversation's timer
+        item(alice, chat, bob, expires_in=30),
+        item(alice, chat, bob, client_message_id=first.client_message_id),  # a repeat in the same batch
+        item(eve, chat, alice),  # eve is not in alice and bob's conversation
+        item(alice, chat, eve),  # recipients that are not the conversation's devices
+    ]
+    services.messages_send_batch(items=batch)
+    a1, b1, g1, a2, repeat, eves, wrong = batch
+
+    assert [a1.answer["seq"], b1.answer["seq"], a2.answer["seq"]] == [1, 2, 3]  # in the order sent
+    assert g1.answer["seq"] == 1
+    assert repeat.answer == a1.answer and repeat.error is None  # idempotent: the first answer again
+    assert eves.answer is None and isinstance(eves.error, EnigmoError) and eves.error.code == "not_found"
+    assert wrong.answer is None and isinstance(wrong.error, EnigmoError)
+    assert Message.objects.filter(conversation__public_id=chat).count() == 3
+    assert Conversation.objects.get(public_id=chat).last_seq == 3
+    assert Conversation.objects.get(public_id=group).last_seq == 1
+
+    created = parse_datetime(a1.answer["created_at"])
+    assert abs(created - timezone.now()) < timedelta(seconds=30)
+    assert a1.answer["expires_at"] is None and stored(a1.answer).expires_at is None
+    assert lifetime(a2.answer) == pytest.approx(30, abs=0.5)
+    assert stored(a2.answer).expires_at == parse_datetime(a2.answer["expires_at"])
+    assert lifetime(g1.answer) == pytest.approx(60, abs=0.5)
+    assert stored(g1.answer).sender_device_id == device(alice).pk and stored(b1.answer).sender_user_id == device(bob).user_id
+
+    # Every recipient device holds its own ciphertext, and the live push names that row.
+    for sent in (a1, b1, g1, a2):
+        copies = {d.device_id: d for d in Delivery.objects.filter(message=stored(sent.answer))}
+        expected = {device_for(sent, r).pk: r.ciphertext for r in sent.recipients}
+        assert {pk: bytes(d.ciphertext) for pk, d in copies.items()} == expected
+        assert sorted((pk, delivery) for pk, delivery, _ in sent.pushes) == sorted((pk, d.pk) for pk, d in copies.items())
+        for pk, _, frame in sent.pushes:
+            assert frame["id"] == sent.answer["id"] and frame["seq"] == sent.answer["seq"] and frame["ciphertext"] == expected[pk]
+            assert frame["sender"] == {"user_id": sent.sender_device.user.username, "device_id": sent.sender_device.device_id}
+            assert frame["expires_at"] == sent.answer["expires_at"]
+
+
+def device_for(sent, recipient):
+    return Device.objects.get(user__username=recipient.user_id, device_id=recipient.device_id)
+
+
+def test_a_repeat_stored_meanwhile_by_another_process_is_answered_not_duplicated(api, alice, bob, monkeypatch):
+    """Two processes can store the same client message id between one batch's look-up and its
+    insert: the unique constraint refuses the batch's row, and each send is then answered on its
+    own, the repeat with the stored message, the others stored normally."""
+    chat = open_direct(api, alice, bob)
+    racer, other = item(alice, chat, bob), item(alice, chat, bob)
+    services.messages_send_batch(items=[item(alice, chat, bob, client_message_id=racer.client_message_id)])
+    winner = Message.objects.get(client_message_id=racer.client_message_id)
+    real = services._batch_lookups
+    monkeypatch.setattr(services, "_batch_lookups", lambda items: (*real(items)[:2], set()))  # the look-up missed it
+
+    services.messages_send_batch(items=[racer, other])
+
+    assert racer.error is None and racer.answer["id"] == str(winner.public_id) and racer.answer["seq"] == 1
+    assert other.error is None and other.answer["seq"] == 2
+    assert Message.objects.filter(conversation__public_id=chat).count() == 2
+    assert Conversation.objects.get(public_id=chat).last_seq == 2  # the refused batch took no numbers
