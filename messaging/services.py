@@ -370,9 +370,17 @@ def deliveries_ack_sent_many(*, acks: list[tuple[Device, list[tuple[int, str, st
     pks = [pk for _, sent in acks for pk, _, _, _ in sent]
     if not pks:
         return
-    Delivery.objects.filter(pk__in=pks, device_id__in={device.pk for device, _ in acks}, delivered_at__isnull=True).update(
-        delivered_at=timezone.now(), ciphertext=None
-    )
+    if connection.vendor == "postgresql":  # each copy with its own device; no ORM compile per batch
+        with _bound_cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {Delivery._meta.db_table} AS d SET delivered_at = %s, ciphertext = NULL "
+                "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, device) WHERE d.id = v.id AND d.device_id = v.device AND d.delivered_at IS NULL",
+                [timezone.now(), pks, [device.pk for device, sent in acks for _ in sent]],
+            )
+    else:
+        Delivery.objects.filter(pk__in=pks, device_id__in={device.pk for device, _ in acks}, delivered_at__isnull=True).update(
+            delivered_at=timezone.now(), ciphertext=None
+        )
     for device, sent in acks:
         for _, message_id, conversation_id, sender_pk in sent:
             if sender_pk and sender_pk != device.user_id:

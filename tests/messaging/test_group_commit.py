@@ -109,3 +109,26 @@ def test_a_repeat_stored_meanwhile_by_another_process_is_answered_not_duplicated
     assert other.error is None and other.answer["seq"] == 2
     assert Message.objects.filter(conversation__public_id=chat).count() == 2
     assert Conversation.objects.get(public_id=chat).last_seq == 2  # the refused batch took no numbers
+
+
+def test_an_ack_marks_only_the_acking_devices_copies_delivered_and_drops_their_ciphertext(api, alice, bob, eve):
+    chat = open_direct(api, alice, bob)
+    group = open_group(api, alice, bob, eve)
+    direct, to_group = item(alice, chat, bob), item(alice, group, bob, eve)
+    services.messages_send_batch(items=[direct, to_group])
+    copies = {(sent.answer["id"], device_pk): pk for sent in (direct, to_group) for device_pk, pk, _ in sent.pushes}
+
+    def acked(account, *sent):
+        return [(copies[(s.answer["id"], device(account).pk)], s.answer["id"], s.conversation_id, device(alice).user_id) for s in sent]
+
+    bobs_group_copy = acked(bob, to_group)
+    services.deliveries_ack_sent_many(acks=[(device(eve), bobs_group_copy)])  # not eve's copy: nothing changes
+    assert not Delivery.objects.filter(delivered_at__isnull=False).exists()
+
+    services.deliveries_ack_sent_many(acks=[(device(bob), acked(bob, direct, to_group))])
+
+    done = Delivery.objects.filter(delivered_at__isnull=False)
+    assert sorted(done.values_list("pk", flat=True)) == sorted([copies[(direct.answer["id"], device(bob).pk)], bobs_group_copy[0][0]])
+    assert all(d.ciphertext is None for d in done)
+    eves = Delivery.objects.get(pk=copies[(to_group.answer["id"], device(eve).pk)])
+    assert eves.delivered_at is None and bytes(eves.ciphertext) == to_group.recipients[1].ciphertext
