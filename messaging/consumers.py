@@ -229,11 +229,11 @@ def _on_disconnect(device: Device, channel_name: str) -> None:
         services.presence_publish(device=device, online=False)
 
 
-def _housekeep(sockets: list[tuple[int, int, str, str | None, Any]], revalidate: bool) -> tuple[set[int], set[int], set[int]]:
+def _housekeep(sockets: list[tuple[int, int, str, str | None, Any]], revalidate: bool) -> tuple[set[int], set[int], dict[int, int]]:
     """One pass for all of a process's sockets [(device pk, user pk, channel name, token hash,
     session)]: refresh their presence and their claim on their device, and find the sockets to
-    close. Returns (replaced, invalid, with pending envelopes) as device pks. A handful of bulk
-    round trips, whatever the number of sockets."""
+    close. Returns (replaced, invalid) as device pks and device pk → undelivered envelopes. A
+    handful of bulk round trips, whatever the number of sockets."""
     keys = {pk: _current_key(pk) for pk, *_ in sockets}
     current = cache.get_many(list(keys.values()))
     replaced = {pk for pk, _, channel, _, _ in sockets if current.get(keys[pk]) not in (None, channel)}
@@ -255,7 +255,7 @@ def _housekeep(sockets: list[tuple[int, int, str, str | None, Any]], revalidate:
                     invalid.add(pk)
             elif not _session_current(session, tokens[pk]):
                 invalid.add(pk)
-    pending = selectors.devices_with_pending(device_pks=[pk for pk, *_ in alive if pk not in invalid])
+    pending = selectors.devices_pending_counts(device_pks=[pk for pk, *_ in alive if pk not in invalid])
     return replaced, invalid, pending
 
 
@@ -299,8 +299,12 @@ class Housekeeper:
                     await consumer.shut(CLOSE_REPLACED)
                 elif pk in invalid:
                     await consumer.shut(CLOSE_UNAUTHENTICATED)
-                elif pk in pending and consumer.last_drained < stale_before:
-                    consumer.wake()  # recovers any nudge the channel layer lost
+                elif pending.get(pk, 0) > len(consumer.inflight) and consumer.last_drained < stale_before:
+                    # More is waiting than this socket has sent and not yet had acknowledged:
+                    # a nudge the channel layer lost. A socket busy with live pushes, whose
+                    # undelivered envelopes are all in flight to it, is left alone (waking all
+                    # of them at once was a storm of drains under load, measured).
+                    consumer.wake()
 
 
 HOUSEKEEPER = Housekeeper()

@@ -238,17 +238,18 @@ def pending_page(*, device_pk: int, exclude: list[int], limit: int) -> tuple[lis
     return [(pk, frame) for pk, frame, _ in frames], has_more
 
 
-def devices_with_pending(*, device_pks: list[int]) -> set[int]:
-    """Which of these devices have an undelivered envelope (sent on a socket and unacknowledged
-    counts too): the periodic re-check wakes only their sockets."""
+def devices_pending_counts(*, device_pks: list[int]) -> dict[int, int]:
+    """How many undelivered envelopes each of these devices has (sent on a socket and not yet
+    acknowledged counts too); devices with none are left out."""
     if not device_pks:
-        return set()
+        return {}
     now = timezone.now()
-    return set(
+    return dict(
         Delivery.objects.filter(device_id__in=device_pks, delivered_at__isnull=True)
         .filter(Q(message__expires_at__isnull=True) | Q(message__expires_at__gt=now))
-        .values_list("device_id", flat=True)
-        .distinct()
+        .values("device_id")
+        .annotate(n=Count("id"))
+        .values_list("device_id", "n")
     )
 
 

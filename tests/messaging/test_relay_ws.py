@@ -445,6 +445,20 @@ async def test_a_lost_nudge_is_recovered_from_the_database(api, alice, bob, eve,
     await ws.disconnect()
 
 
+async def test_a_lost_nudge_is_recovered_while_an_earlier_envelope_waits_for_its_ack(api, alice, bob, eve, chat):
+    """The periodic re-check leaves alone a socket whose undelivered envelopes are all in flight
+    to it, but not one with more waiting than that."""
+    ws = await connect(bob)
+    await next_of(ws, "backlog")
+    await bulk_send(chat, 1, "first")
+    first = await next_of(ws, "envelope", timeout=3)  # never acknowledged: still in flight
+    with mock.patch("messaging.services.publish"):  # the layer "loses" the next nudge
+        await bulk_send(chat, 1, "lost")
+    env = await next_of(ws, "envelope", timeout=3)
+    assert (unb64(first["ciphertext"]), unb64(env["ciphertext"])) == (b"first0", b"lost0")
+    await ws.disconnect()
+
+
 @sync_to_async
 def bulk_backlog(conversation_id: str, count: int) -> None:
     """`count` stored envelopes from alice to bob's device, inserted in bulk (as if bob had been offline)."""
