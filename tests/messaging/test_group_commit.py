@@ -27,7 +27,7 @@ def device(account):
 
 def item(sender, conversation_id, *to, client_message_id=None, **extra):
     recipients = [
-        services.RecipientInput(user_id=a.username, device_id=a.device.device_id, ciphertext=f"{a.username}:{uuid.uuid4()}".encode()) for a in to
+        services.RecipientInput(user_id=a.username, device_id=a.device.device_id, ciphertext=f"{a.username}:{uuid.uuid4()}:".encode() + bytes(range(256))) for a in to
     ]
     return services.BatchSend(
         sender_device=device(sender), conversation_id=conversation_id, client_message_id=client_message_id or uuid.uuid4(), recipients=recipients, **extra
