@@ -3,6 +3,7 @@ is published only after the database commit (enigmo.realtime); the database stay
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -365,7 +366,12 @@ def deliveries_ack_sent(*, device: Device, sent: list[tuple[int, str, str, int |
             publish([user_group(sender_pk)], _event(_receipt(message_id, conversation_id, device, "delivered")))
 
 
-ACK_SQL = None  # built on first use from the model's table name
+@functools.cache
+def _ack_sql() -> str:
+    return (
+        f"UPDATE {Delivery._meta.db_table} AS d SET delivered_at = %s, ciphertext = NULL "
+        "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, device) WHERE d.id = v.id AND d.device_id = v.device AND d.delivered_at IS NULL"
+    )
 
 
 def deliveries_ack_sent_many(*, acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> None:
@@ -375,14 +381,8 @@ def deliveries_ack_sent_many(*, acks: list[tuple[Device, list[tuple[int, str, st
     if not pks:
         return
     if connection.vendor == "postgresql":  # each copy with its own device; no ORM compile per batch
-        global ACK_SQL
-        if ACK_SQL is None:
-            ACK_SQL = (
-                f"UPDATE {Delivery._meta.db_table} AS d SET delivered_at = %s, ciphertext = NULL "
-                "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, device) WHERE d.id = v.id AND d.device_id = v.device AND d.delivered_at IS NULL"
-            )
-        with _bound_cursor(ACK_SQL) as cursor:
-            cursor.execute(ACK_SQL, [timezone.now(), _pg_array(pks), _pg_array([device.pk for device, sent in acks for _ in sent])])
+        with _bound_cursor(_ack_sql()) as cursor:
+            cursor.execute(_ack_sql(), [timezone.now(), _pg_array(pks), _pg_array([device.pk for device, sent in acks for _ in sent])])
     else:
         Delivery.objects.filter(pk__in=pks, device_id__in={device.pk for device, _ in acks}, delivered_at__isnull=True).update(
             delivered_at=timezone.now(), ciphertext=None
@@ -712,28 +712,19 @@ class BatchSend:
 
 
 def _lock_and_take_seqs(counts: dict[int, int], now: datetime) -> dict[int, tuple[int, int | None]]:
-    """Take k sequence numbers per conversation in one statement, locking the rows in id order
-    (so two batches never deadlock); held until commit like _next_seq. → pk: (last seq, timer)."""
+    """Take k sequence numbers per conversation, in id order (so two batches never deadlock);
+    each row stays locked until commit like _next_seq. → pk: (last seq, timer). The portable
+    group commit's; on PostgreSQL _store_batch_statement does this inside its one statement."""
     table = Conversation._meta.db_table
-    pks = sorted(counts)
+    out = {}
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [pks])
-            cursor.execute(
-                f"UPDATE {table} AS c SET last_seq = c.last_seq + v.k, last_activity_at = %s "
-                f"FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, k) WHERE c.id = v.id "
-                "RETURNING c.id, c.last_seq, c.disappearing_seconds",
-                [now, pks, [counts[pk] for pk in pks]],
-            )
-            return {pk: (seq, timer) for pk, seq, timer in cursor.fetchall()}
-        out = {}
-        for pk in pks:
+        for pk in sorted(counts):
             cursor.execute(
                 f"UPDATE {table} SET last_seq = last_seq + %s, last_activity_at = %s WHERE id = %s RETURNING last_seq, disappearing_seconds",
                 [counts[pk], now, pk],
             )
             out[pk] = cursor.fetchone()
-        return out
+    return out
 
 
 def _send_one_by_one(items: list[BatchSend]) -> None:
@@ -782,26 +773,25 @@ def _batch_lookups(items: list[BatchSend]) -> Lookups:
     return members, devices, seen
 
 
-BATCH_LOOKUP_SQL = None  # built on first use from the models' table names
+@functools.cache
+def _batch_lookup_sql() -> str:
+    c, p, d, m = Conversation._meta.db_table, Participant._meta.db_table, Device._meta.db_table, Message._meta.db_table
+    u, ik = get_user_model()._meta.db_table, IdentityKey._meta.db_table
+    return (
+        f"SELECT c.public_id, c.id, p.user_id, d.id, u.username, d.device_id, NULL::uuid FROM {c} c JOIN {p} p ON p.conversation_id = c.id "
+        f"JOIN {u} u ON u.id = p.user_id LEFT JOIN {d} d ON d.user_id = p.user_id AND d.revoked_at IS NULL "
+        f"AND EXISTS (SELECT 1 FROM {ik} ik WHERE ik.device_id = d.id) WHERE c.public_id = ANY(%s::uuid[]) "
+        f"UNION ALL SELECT NULL, NULL, NULL, sender_device_id, NULL, NULL, client_message_id FROM {m} "
+        "WHERE sender_device_id = ANY(%s::bigint[]) AND client_message_id = ANY(%s::uuid[])"
+    )
 
 
 def _batch_lookup_statement(items: list[BatchSend]) -> tuple[str, list[Any]]:
     """_batch_lookups on PostgreSQL as one statement, no ORM query compiled per batch: the
     members with their active devices (a member without one comes back once, with NULL device
     columns), then the repeats (rows with a NULL conversation)."""
-    global BATCH_LOOKUP_SQL
-    if BATCH_LOOKUP_SQL is None:
-        c, p, d, m = Conversation._meta.db_table, Participant._meta.db_table, Device._meta.db_table, Message._meta.db_table
-        u, ik = get_user_model()._meta.db_table, IdentityKey._meta.db_table
-        BATCH_LOOKUP_SQL = (
-            f"SELECT c.public_id, c.id, p.user_id, d.id, u.username, d.device_id, NULL::uuid FROM {c} c JOIN {p} p ON p.conversation_id = c.id "
-            f"JOIN {u} u ON u.id = p.user_id LEFT JOIN {d} d ON d.user_id = p.user_id AND d.revoked_at IS NULL "
-            f"AND EXISTS (SELECT 1 FROM {ik} ik WHERE ik.device_id = d.id) WHERE c.public_id = ANY(%s::uuid[]) "
-            f"UNION ALL SELECT NULL, NULL, NULL, sender_device_id, NULL, NULL, client_message_id FROM {m} "
-            "WHERE sender_device_id = ANY(%s::bigint[]) AND client_message_id = ANY(%s::uuid[])"
-        )
     public_ids = list({_uuid(i.conversation_id) for i in items} - {None})
-    return BATCH_LOOKUP_SQL, [_pg_array(public_ids), _pg_array({i.sender_device.pk for i in items}), _pg_array({i.client_message_id for i in items})]
+    return _batch_lookup_sql(), [_pg_array(public_ids), _pg_array({i.sender_device.pk for i in items}), _pg_array({i.client_message_id for i in items})]
 
 
 def _batch_lookup_results(rows: list[tuple[Any, ...]]) -> Lookups:
@@ -816,6 +806,9 @@ def _batch_lookup_results(rows: list[tuple[Any, ...]]) -> Lookups:
         if device_pk is not None:
             devices.setdefault(conv_pk, []).append((device_pk, username, device_id))
     return members, devices, seen
+
+
+FastSend = tuple[BatchSend, int, dict[tuple[str, int], int]]  # (item, conversation pk, (user id, device id) → device pk)
 
 
 def _batch_partition(
@@ -919,7 +912,24 @@ def _bound_cursor(sql: str) -> Iterator[Any]:
         yield cursor
 
 
-STORE_BATCH_SQL = None  # built on first use from the models' table names
+@functools.cache
+def _store_batch_sql() -> str:
+    c, m, d = Conversation._meta.db_table, Message._meta.db_table, Delivery._meta.db_table
+    return (
+        f"WITH locked AS MATERIALIZED (SELECT id FROM {c} WHERE id = ANY(%(pks)s::bigint[]) ORDER BY id FOR UPDATE), "
+        f"taken AS (UPDATE {c} AS c SET last_seq = c.last_seq + v.k, last_activity_at = %(now)s "
+        "FROM unnest(%(pks)s::bigint[], %(ks)s::bigint[]) AS v(id, k) WHERE c.id = v.id AND c.id IN (SELECT id FROM locked) "
+        "RETURNING c.id, c.last_seq - v.k AS base, NULLIF(c.disappearing_seconds, 0) AS timer), "
+        f"msg AS (INSERT INTO {m} (public_id, conversation_id, seq, sender_user_id, sender_device_id, client_message_id, kind, created_at, expires_at) "
+        "SELECT t.p, t.c, taken.base + t.o, t.u, t.d, t.k, t.n, %(now)s, "
+        "%(now)s + make_interval(secs => COALESCE(t.e, taken.timer)) "
+        "FROM unnest(%(p)s::uuid[], %(c)s::bigint[], %(o)s::bigint[], %(u)s::bigint[], %(d)s::bigint[], %(k)s::uuid[], %(n)s::varchar[], %(e)s::bigint[]) "
+        "AS t(p, c, o, u, d, k, n, e) JOIN taken ON taken.id = t.c RETURNING id, public_id, seq, expires_at), "
+        f"dl AS (INSERT INTO {d} (message_id, device_id, ciphertext, created_at) SELECT msg.id, x.d, x.ct, %(now)s "
+        "FROM unnest(%(dm)s::uuid[], %(dd)s::bigint[], %(dc)s::bytea[]) AS x(p, d, ct) JOIN msg ON msg.public_id = x.p "
+        "RETURNING id, message_id, device_id) "
+        "SELECT msg.public_id, msg.seq, msg.expires_at, dl.id, dl.device_id FROM msg LEFT JOIN dl ON dl.message_id = msg.id"
+    )
 
 
 def _store_batch_statement(fast: list[FastSend], now: datetime) -> tuple[str, dict[str, Any], list[uuid.UUID]]:
@@ -927,24 +937,6 @@ def _store_batch_statement(fast: list[FastSend], now: datetime) -> tuple[str, di
     transaction, its own: lock the batch's conversations in id order (two batches never deadlock), take
     k sequence numbers per conversation, insert the messages and their deliveries over unnest()
     arrays (bound server-side). → (SQL, parameters, the messages' public ids in item order)."""
-    global STORE_BATCH_SQL
-    if STORE_BATCH_SQL is None:
-        c, m, d = Conversation._meta.db_table, Message._meta.db_table, Delivery._meta.db_table
-        STORE_BATCH_SQL = (
-            f"WITH locked AS MATERIALIZED (SELECT id FROM {c} WHERE id = ANY(%(pks)s::bigint[]) ORDER BY id FOR UPDATE), "
-            f"taken AS (UPDATE {c} AS c SET last_seq = c.last_seq + v.k, last_activity_at = %(now)s "
-            "FROM unnest(%(pks)s::bigint[], %(ks)s::bigint[]) AS v(id, k) WHERE c.id = v.id AND c.id IN (SELECT id FROM locked) "
-            "RETURNING c.id, c.last_seq - v.k AS base, NULLIF(c.disappearing_seconds, 0) AS timer), "
-            f"msg AS (INSERT INTO {m} (public_id, conversation_id, seq, sender_user_id, sender_device_id, client_message_id, kind, created_at, expires_at) "
-            "SELECT t.p, t.c, taken.base + t.o, t.u, t.d, t.k, t.n, %(now)s, "
-            "%(now)s + make_interval(secs => COALESCE(t.e, taken.timer)) "
-            "FROM unnest(%(p)s::uuid[], %(c)s::bigint[], %(o)s::bigint[], %(u)s::bigint[], %(d)s::bigint[], %(k)s::uuid[], %(n)s::varchar[], %(e)s::bigint[]) "
-            "AS t(p, c, o, u, d, k, n, e) JOIN taken ON taken.id = t.c RETURNING id, public_id, seq, expires_at), "
-            f"dl AS (INSERT INTO {d} (message_id, device_id, ciphertext, created_at) SELECT msg.id, x.d, x.ct, %(now)s "
-            "FROM unnest(%(dm)s::uuid[], %(dd)s::bigint[], %(dc)s::bytea[]) AS x(p, d, ct) JOIN msg ON msg.public_id = x.p "
-            "RETURNING id, message_id, device_id) "
-            "SELECT msg.public_id, msg.seq, msg.expires_at, dl.id, dl.device_id FROM msg LEFT JOIN dl ON dl.message_id = msg.id"
-        )
     counts: dict[int, int] = {}
     ordinals = []
     for _, conv_pk, _ in fast:
@@ -974,14 +966,14 @@ def _store_batch_statement(fast: list[FastSend], now: datetime) -> tuple[str, di
         "dd": _pg_array(d_device),
         "dc": _pg_bytea_array(d_ciphertext),
     }
-    return STORE_BATCH_SQL, params, public_ids
+    return _store_batch_sql(), params, public_ids
 
 
 StoredSend = tuple[Any, int, datetime, datetime | None, list[tuple[int, int, bytes]]]  # public id, seq, created, expires, [(delivery pk, device pk, ciphertext)]
 
 
 def _store_batch_results(rows: list[tuple[Any, ...]], public_ids: list[uuid.UUID], fast: list[FastSend], now: datetime) -> list[StoredSend]:
-    """store_batch_statement's rows, matched back by public id (not by RETURNING order)."""
+    """_store_batch_statement's rows, matched back by public id (not by RETURNING order)."""
     stored: dict[Any, tuple[int, datetime | None, dict[int, int]]] = {}
     for public_id, seq, expires_at, delivery_pk, device_pk in rows:
         entry = stored.setdefault(public_id, (seq, expires_at, {}))
