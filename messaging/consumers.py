@@ -460,6 +460,23 @@ class LayerPump:
 PUMP = LayerPump()
 
 
+class _LayerInbox:
+    """Channel-layer messages into a socket's queue of client frames, bounded like the layer's
+    own buffer: past `capacity` waiting frames an envelope push becomes a nudge (the drain
+    fetches it from the database, where it is already stored); control messages always go in."""
+
+    __slots__ = ("queue", "capacity")
+
+    def __init__(self, queue: asyncio.Queue[dict[str, Any]], capacity: int) -> None:
+        self.queue = queue
+        self.capacity = capacity
+
+    def put_nowait(self, message: dict[str, Any]) -> None:
+        if self.queue.qsize() >= self.capacity and message.get("type") in ("relay.push", "relay.nudge"):
+            message = relay.NUDGE
+        self.queue.put_nowait(message)
+
+
 class RelayConsumer(AsyncWebsocketConsumer):
     """One socket of one device. Client frames are dispatched through an allow-list."""
 
@@ -480,12 +497,38 @@ class RelayConsumer(AsyncWebsocketConsumer):
         self.channel_receive = self._layer_receive
         self.buffered = PUMP.serves(self.channel_layer)
         self.base_send = send
+        inbox = getattr(receive, "__self__", None)
         try:
-            await await_many_dispatch([receive, self.channel_receive], self.dispatch)
+            if isinstance(inbox, asyncio.Queue) and getattr(receive, "__name__", "") == "get":
+                await self._serve(inbox)
+            else:
+                await await_many_dispatch([receive, self.channel_receive], self.dispatch)
         except StopConsumer:
             pass
         finally:
             PUMP.forget(self.channel_layer, self.channel_name)
+
+    async def _serve(self, inbox: asyncio.Queue[dict[str, Any]]) -> None:
+        """The server's own queue of client frames (daphne's, or a test communicator's) carries
+        the channel layer's messages too, so a frame costs one queue get and no task or wait of
+        its own (await_many_dispatch makes a task and an asyncio.wait for every frame). With
+        channels-redis the PUMP puts this channel's messages straight in; with the in-memory
+        layer one task forwards them."""
+        forwarder = None
+        if self.buffered:
+            self.channel_layer.receive_buffer[self.channel_name] = _LayerInbox(inbox, self.channel_layer.capacity)
+        else:
+            forwarder = asyncio.ensure_future(self._forward(_LayerInbox(inbox, getattr(self.channel_layer, "capacity", 100))))
+        try:
+            while True:
+                await self.dispatch(await inbox.get())
+        finally:
+            if forwarder is not None:
+                forwarder.cancel()
+
+    async def _forward(self, inbox: _LayerInbox) -> None:
+        while True:
+            inbox.put_nowait(await self._layer_receive())
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without closing old connections around every frame: this consumer

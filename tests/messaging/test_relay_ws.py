@@ -534,3 +534,21 @@ async def test_a_page_of_expired_envelopes_does_not_stall_the_backlog(api, alice
     assert frames[-1]["has_more"] is False
     assert await silent(ws, 0.5)
     await ws.disconnect()
+
+
+def test_a_socket_buffer_past_capacity_keeps_control_messages_and_turns_pushes_into_nudges():
+    """The channel layer's messages share the socket's queue of client frames. Past the layer's
+    capacity a cross-process push becomes a nudge (the envelope is stored; the drain fetches it,
+    as the test above shows), while a close or replace is never dropped and order is kept."""
+    import asyncio
+
+    from messaging.consumers import _LayerInbox
+
+    queue: asyncio.Queue = asyncio.Queue()
+    inbox = _LayerInbox(queue, capacity=2)
+    pushes = [{"type": "relay.push", "d": i, "m": ["m", "c", 1], "s": i, "t": "{}"} for i in range(3)]
+    for push in pushes:
+        inbox.put_nowait(push)
+    inbox.put_nowait({"type": "device.closed"})
+    got = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert got == [pushes[0], pushes[1], {"type": "relay.nudge"}, {"type": "device.closed"}]
