@@ -8,7 +8,6 @@ import asyncio
 import base64
 import contextvars
 import functools
-import json
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from django.core.cache import cache
 from django.db import close_old_connections, connections
 from rest_framework import serializers
 
-from enigmo import ratelimit
+from enigmo import ratelimit, wire
 from enigmo.errors import EnigmoError, RateLimited, ValidationFailed, as_enigmo_error
 from enigmo.realtime import device_group, user_group
 from keys.authentication import SESSION_LOGIN_KEY, device_for_session, device_for_token, session_login_binding
@@ -318,7 +317,7 @@ def _pending_page(device_pk: int, exclude: list[int], limit: int, heads_of_user:
     for delivery_pk, frame, sender_pk in frames:
         if frame["ciphertext"] is not None:
             frame["ciphertext"] = base64.b64encode(frame["ciphertext"]).decode()
-        out.append((delivery_pk, (frame["id"], frame["conversation_id"], sender_pk), frame["seq"], json.dumps(frame)))
+        out.append((delivery_pk, (frame["id"], frame["conversation_id"], sender_pk), frame["seq"], wire.dumps(frame)))
     return out, has_more, heads
 
 
@@ -708,7 +707,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
     # --- client frames ----------------------------------------------------------------------
 
     async def send_json(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(frame))
+        await self.send(text_data=wire.dumps(frame))
 
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
         """With batching, a text frame joins this tick's batch (in order) instead of going out on
@@ -753,7 +752,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
             if text_data is None:
                 raise ValidationFailed("Frames are JSON text.")
             try:
-                frame = json.loads(text_data)
+                frame = wire.loads(text_data)
             except ValueError:
                 raise ValidationFailed("Malformed JSON.") from None
             if not isinstance(frame, dict):

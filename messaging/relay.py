@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import json
 import logging
 import os
 import uuid
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from enigmo import wire
 from enigmo.realtime import device_group
 from messaging import services
 
@@ -194,7 +194,7 @@ def _send_batch(items: list[services.BatchSend]) -> None:
     services.messages_send_batch(items=items)
     for item in items:  # wire text built here, off the event loop's critical section
         item.pushes = [
-            (device_pk, delivery_pk, json.dumps({**frame, "ciphertext": base64.b64encode(frame["ciphertext"]).decode()}))
+            (device_pk, delivery_pk, wire.dumps({**frame, "ciphertext": base64.b64encode(frame["ciphertext"]).decode()}))
             for device_pk, delivery_pk, frame in item.pushes
         ]
 
@@ -287,7 +287,7 @@ class Bus:
         try:
             while self.outbox:
                 batch, self.outbox = self.outbox, []
-                payload = json.dumps({"o": ORIGIN, "e": batch})
+                payload = wire.dumps({"o": ORIGIN, "e": batch})
                 try:
                     await (await self._redis()).publish(self.channel(), payload)
                 except Exception as exc:  # at most once: the next drain recovers envelopes
@@ -304,7 +304,7 @@ class Bus:
             try:
                 await pubsub.subscribe(self.channel())
                 async for message in pubsub.listen():
-                    data = json.loads(message["data"])
+                    data = wire.loads(message["data"])
                     if data.get("o") == ORIGIN:
                         continue
                     for group, event in data.get("e", []):

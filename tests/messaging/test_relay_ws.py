@@ -294,6 +294,11 @@ async def test_malformed_and_unknown_frames_get_errors(api, alice, bob, eve, cha
     assert (await next_of(ws, "error"))["error"]["code"] == "invalid"
     await ws.send_to(bytes_data=b"\x00\x01")
     assert (await next_of(ws, "error"))["error"]["code"] == "invalid"
+    # not JSON values: NaN, Infinity, an unpaired surrogate escape (it could not be stored as UTF-8)
+    for text in ('{"type": "ping", "ref": NaN}', '{"type": "ping", "ref": 1e999}', '{"type": "ping", "ref": "\\ud800"}'):
+        await ws.send_to(text_data=text)
+        err = await next_of(ws, "error")
+        assert err["error"] == {"code": "invalid", "message": "Malformed JSON."}, text
     await ws.send_json_to({"type": "ping"})
     await next_of(ws, "pong")
     await ws.disconnect()

@@ -1,0 +1,16 @@
+"""JSON for WebSocket frames and the relay bus: orjson, about ten times faster than the
+standard library at encoding a frame and three at decoding one. It is also stricter, which a
+relay wants: NaN, Infinity and unpaired surrogate escapes are malformed JSON, not values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+loads = orjson.loads
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON text (a text frame is a str)."""
+    return orjson.dumps(obj).decode()
