@@ -585,6 +585,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
         self.ack_queue: list[tuple[list[str], Any]] = []
         self.ack_flusher: asyncio.Task[None] | None = None
         self.frames = ratelimit.FrameBucket()
+        self.max_frame_bytes = settings.MAX_WS_FRAME_BYTES
         # conversation id → the highest seq this socket has sent or received in it: a live push
         # of seq s is taken directly only if s follows it, else the queue is read from the database
         self.conv_last: dict[str, int] = {}
@@ -737,8 +738,11 @@ class RelayConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.device is None or self.closing:
             return
-        raw = text_data.encode() if text_data is not None else (bytes_data or b"")
-        if len(raw) > settings.MAX_WS_FRAME_BYTES:
+        # a str holds at most 4 UTF-8 bytes a character: encode only when it could be over the cap
+        size = len(text_data) if text_data is not None else len(bytes_data or b"")
+        if text_data is not None and size * 4 > self.max_frame_bytes:
+            size = len(text_data.encode())
+        if size > self.max_frame_bytes:
             await self.shut(CLOSE_TOO_BIG)
             return
         if not self.frames.allow():
@@ -782,7 +786,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
             if item.error is not None:
                 raise item.error
             answer = item.answer
-            conversation = str(uuid.UUID(fast["conversation_id"]))
+            conversation = selectors.canonical_uuid(fast["conversation_id"])
             if self.conv_last.get(conversation) == answer["seq"] - 1:
                 self.conv_last[conversation] = answer["seq"]
             await self.send_json({"type": "sent", "ref": ref, **answer})

@@ -23,7 +23,7 @@ from django.conf import settings
 
 from enigmo import wire
 from enigmo.realtime import device_group
-from messaging import services
+from messaging import selectors, services
 
 if TYPE_CHECKING:
     from messaging.consumers import RelayConsumer
@@ -207,7 +207,7 @@ async def _run_sends(items: list[services.BatchSend]) -> None:
             continue
         if not item.pushes:
             continue
-        conversation, seq = str(uuid.UUID(item.conversation_id)), item.answer["seq"]
+        conversation, seq = selectors.canonical_uuid(item.conversation_id), item.answer["seq"]
         meta = (item.answer["id"], conversation, item.sender_device.user_id)
         for device_pk, delivery_pk, text in item.pushes:
             consumer = devices.get(device_pk)

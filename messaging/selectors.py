@@ -3,6 +3,7 @@ conversation goes through `conversation_get_for_user`: missing and not-yours loo
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,13 @@ def _uuid(value: Any) -> uuid.UUID | None:
         return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     except (ValueError, TypeError, AttributeError):
         return None
+
+
+@functools.lru_cache(maxsize=16384)
+def canonical_uuid(text: str) -> str:
+    """A UUID's canonical text (lower case, hyphens), for ids a socket sees again and again;
+    ValueError when `text` is not a UUID."""
+    return str(uuid.UUID(text))
 
 
 def conversation_get_for_user(*, user: Any, conversation_id: Any) -> Conversation:
