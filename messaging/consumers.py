@@ -476,6 +476,39 @@ class _LayerInbox:
         self.queue.put_nowait(message)
 
 
+class _Flusher:
+    """The batching sockets with frames waiting, flushed by one task after this tick's work
+    (a task for every socket and tick was ~3 % of the process under load)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[RelayConsumer, None] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, consumer: RelayConsumer) -> None:
+        loop = asyncio.get_running_loop()
+        if self.task is not None and self.task.get_loop() is not loop:  # a new event loop (tests)
+            self.task, self.waiting = None, {}
+        self.waiting[consumer] = None
+        if self.task is None:
+            self.task = loop.create_task(self.run())
+
+    async def run(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, {}
+                for consumer in batch:
+                    try:
+                        await consumer.flush_out()
+                    except Exception:  # one socket's failure is its own
+                        logger.exception("relay flush failed")
+        finally:
+            if self.task is asyncio.current_task():
+                self.task = None
+
+
+FLUSHER = _Flusher()
+
+
 class RelayConsumer(AsyncWebsocketConsumer):
     """One socket of one device. Client frames are dispatched through an allow-list."""
 
@@ -484,7 +517,6 @@ class RelayConsumer(AsyncWebsocketConsumer):
     buffered = False  # channels-redis: wait on this socket's buffer, filled by the PUMP
     outq: list[str]
     outq_bytes = 0
-    out_task: asyncio.Future[None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' AsyncConsumer.__call__ with a channel-layer receive that survives layer
@@ -722,7 +754,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
         if self.outq_bytes >= BATCH_BYTES:
             await self.flush_out()
         elif len(self.outq) == 1:
-            self.out_task = asyncio.ensure_future(self.flush_out())  # runs after this tick's work
+            FLUSHER.add(self)  # flushed after this tick's work
 
     async def flush_out(self) -> None:
         if not self.outq:
