@@ -1058,8 +1058,10 @@ def _store_batch(fast: list[FastSend]) -> None:
 
 def _batch_answer(fast: list[FastSend], stored: list[StoredSend]) -> None:
     """Each stored send's answer for its sender and its envelope frames for the live sockets."""
+    texts: dict[datetime | None, str | None] = {}  # a batch shares its created_at, and mostly its expiry
     for (item, _, _), (public_id, seq, created_at, expires_at, copies) in zip(fast, stored, strict=True):
-        created, expires = iso(created_at), iso(expires_at)
+        created = texts[created_at] if created_at in texts else texts.setdefault(created_at, iso(created_at))
+        expires = texts[expires_at] if expires_at in texts else texts.setdefault(expires_at, iso(expires_at))
         item.answer = {"id": str(public_id), "seq": seq, "created_at": created, "expires_at": expires}
         sender = {"user_id": item.sender_device.user.username, "device_id": item.sender_device.device_id}
         conversation_id = canonical_uuid(str(item.conversation_id))
