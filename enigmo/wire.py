@@ -12,5 +12,5 @@ loads = orjson.loads
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON text (a text frame is a str)."""
-    return orjson.dumps(obj).decode()
+    """Compact JSON text (a text frame is a str); non-string keys become strings, as with json."""
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()

@@ -933,17 +933,6 @@ def _store_batch_sql() -> str:
     )
 
 
-def _new_public_ids(n: int) -> list[str]:
-    """n random (version 4) UUIDs as canonical text, from one read of the system's random
-    source: what str(uuid.uuid4()) gives, without two objects and a system call each."""
-    raw = bytearray(os.urandom(16 * n))
-    for at in range(0, 16 * n, 16):
-        raw[at + 6] = raw[at + 6] & 0x0F | 0x40  # version 4
-        raw[at + 8] = raw[at + 8] & 0x3F | 0x80  # the RFC 4122 variant
-    h = raw.hex()
-    return [f"{h[at:at + 8]}-{h[at + 8:at + 12]}-{h[at + 12:at + 16]}-{h[at + 16:at + 20]}-{h[at + 20:at + 32]}" for at in range(0, 32 * n, 32)]
-
-
 def _store_batch_statement(fast: list[FastSend], now: datetime) -> tuple[str, dict[str, Any], list[str]]:
     """The whole group commit as one PostgreSQL statement, so one round trip and, outside a
     transaction, its own: lock the batch's conversations in id order (two batches never deadlock), take
@@ -955,7 +944,7 @@ def _store_batch_statement(fast: list[FastSend], now: datetime) -> tuple[str, di
         counts[conv_pk] = counts.get(conv_pk, 0) + 1
         ordinals.append(counts[conv_pk])
     pks = sorted(counts)
-    public_ids = _new_public_ids(len(fast))
+    public_ids = [str(uuid.uuid4()) for _ in fast]  # text: the statement returns them as text
     d_message, d_device, d_ciphertext = [], [], []
     for public_id, (item, _, expected) in zip(public_ids, fast, strict=True):
         for r in item.recipients:
@@ -1058,10 +1047,9 @@ def _store_batch(fast: list[FastSend]) -> None:
 
 def _batch_answer(fast: list[FastSend], stored: list[StoredSend]) -> None:
     """Each stored send's answer for its sender and its envelope frames for the live sockets."""
-    texts: dict[datetime | None, str | None] = {}  # a batch shares its created_at, and mostly its expiry
+    text = functools.lru_cache(maxsize=None)(iso)  # a batch shares its created_at, and mostly its expiry
     for (item, _, _), (public_id, seq, created_at, expires_at, copies) in zip(fast, stored, strict=True):
-        created = texts[created_at] if created_at in texts else texts.setdefault(created_at, iso(created_at))
-        expires = texts[expires_at] if expires_at in texts else texts.setdefault(expires_at, iso(expires_at))
+        created, expires = text(created_at), text(expires_at)
         item.answer = {"id": str(public_id), "seq": seq, "created_at": created, "expires_at": expires}
         sender = {"user_id": item.sender_device.user.username, "device_id": item.sender_device.device_id}
         conversation_id = canonical_uuid(str(item.conversation_id))
