@@ -42,7 +42,10 @@ def _close_cleanly_on_protocol_errors() -> None:
 def _allow_protocol_close_codes() -> None:
     """autobahn lets an application close only with 1000 or 3000–4999, but RFC 6455 lets a
     server end a socket with 1008 (policy violation: a frame flood) or 1009 (too big); those
-    two are sent as close frames directly."""
+    two are sent as close frames directly. After a 1008 the server reads nothing more from that
+    peer: a flooder's close reply sits behind the rest of its flood, and parsing that flood
+    would stall every other socket on the process; autobahn drops the connection when the
+    close handshake times out (closeHandshakeTimeout, 1 s) and the consumer gets its disconnect."""
     from daphne.ws_protocol import WebSocketProtocol
 
     original = WebSocketProtocol.serverClose
@@ -50,6 +53,8 @@ def _allow_protocol_close_codes() -> None:
     def server_close(self, code=None):  # type: ignore[no-untyped-def]
         if code in (1008, 1009):
             self.sendCloseFrame(code=code, reasonUtf8=None, isReply=False)
+            if code == 1008 and self.transport is not None:
+                self.transport.pauseProducing()
         else:
             original(self, code)
 

@@ -24,7 +24,10 @@ _REAL_STDERR = os.fdopen(os.dup(2), "w")
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True, file=_REAL_STDERR)
+    # a test that declares a longer pytest-timeout (the schemathesis run) gets that plus a margin
+    marker = item.get_closest_marker("timeout")
+    declared = marker.args[0] if marker and marker.args else 0
+    faulthandler.dump_traceback_later(max(WATCHDOG_SECONDS, declared + 120), exit=True, file=_REAL_STDERR)
     try:
         yield
     finally:
