@@ -3,7 +3,7 @@
 // trust warnings, devices and notifications. Rendering lives in ui/chatview.js.
 import * as api from "./api.js";
 import { RelaySocket } from "./socket.js";
-import { EncryptionBlocked, linkInputParse as parseLinkInput } from "./engine.js";
+import { EncryptionBlocked, linkInputParse as parseLinkInput, lockManager } from "./engine.js";
 import { ChatView } from "./ui/chatview.js";
 import { $, confirmDialog, drawQr } from "./ui/dom.js";
 
@@ -42,6 +42,11 @@ export class Messenger {
     this.privacy = { read_receipts: true, presence: true };
     this.socket = new RelaySocket();
     this.view = new ChatView(this);
+    // Tabs of one browser share the vault, the outbox and the device, but only one holds the
+    // socket: each tells the others which message records it stored, and they show them too.
+    this.lock = lockManager();
+    this.tabs = typeof BroadcastChannel === "function" ? new BroadcastChannel(`enigmo-messages:${this.me}`) : null;
+    if (this.tabs) this.tabs.onmessage = (event) => this.onOtherTab(event.data).catch(() => {});
   }
 
   // --- start -----------------------------------------------------------------------------------
@@ -425,6 +430,8 @@ export class Messenger {
     this.flushOutbox();
   }
 
+  // One tab at a time sends from the shared outbox (the other waits, then finds what is left), so
+  // an item is never sent by two tabs at once; whichever tab sends it, the bubble's tab hears.
   async flushOutbox() {
     if (this.flushing) {
       this.flushAgain = true;
@@ -433,21 +440,26 @@ export class Messenger {
     this.flushing = true;
     clearTimeout(this.flushTimer);
     try {
-      do {
-        this.flushAgain = false;
-        const items = await this.vault.list("out:");
-        for (const item of items) {
-          const outcome = await this.sendItem(item);
-          if (outcome.retryInMs) {
-            // Later items wait too: the outbox sends in order.
-            this.flushTimer = setTimeout(() => this.flushOutbox(), outcome.retryInMs);
-            return;
-          }
-        }
-      } while (this.flushAgain);
+      await this.lock("enigmo-outbox", () => this.flushOutboxLocked());
     } finally {
       this.flushing = false;
     }
+  }
+
+  async flushOutboxLocked() {
+    do {
+      this.flushAgain = false;
+      const items = await this.vault.list("out:");
+      for (const item of items) {
+        const outcome = await this.sendItem(item);
+        if (outcome.retryInMs) {
+          // Later items wait too: the outbox sends in order.
+          clearTimeout(this.flushTimer);
+          this.flushTimer = setTimeout(() => this.flushOutbox(), outcome.retryInMs);
+          return;
+        }
+      }
+    } while (this.flushAgain);
   }
 
   // {done}, {failed} (moved out of the outbox, shown as "Not sent" with Retry), or {retryInMs}.
@@ -476,7 +488,7 @@ export class Messenger {
   // content (same client_message_id: if an earlier attempt did reach the server, it is stored once).
   async parkFailed(item, reason) {
     // Reactions, deletes and timer changes have no bubble to retry from: they are dropped.
-    if (this.messageById(item.convId, item.content.id)) await this.vault.put(failedKey(item.convId, item.content.id), item, item.convId);
+    if (await this.loadMessage(item.convId, item.content.id)) await this.vault.put(failedKey(item.convId, item.content.id), item, item.convId);
     await this.vault.delete(item.key);
     await this.markFailed(item.convId, item.content.id, reason);
   }
@@ -503,6 +515,7 @@ export class Messenger {
     await this.vault.delete(failedKey(message.convId, message.id));
     await this.vault.delete(blobKey(message.id));
     await this.vault.delete(`msg:${message.convId}:${message.id}`);
+    this.tabs?.postMessage({ removed: [message.convId, message.id] });
     this.messages.get(message.convId)?.delete(message.id);
     this.view.removeMessage(message);
     this.view.renderList();
@@ -604,7 +617,7 @@ export class Messenger {
   }
 
   async markSent(convId, contentId, sent, noRecipients) {
-    const message = this.messageById(convId, contentId);
+    const message = await this.loadMessage(convId, contentId); // another tab's, sent by this one
     if (!message) return;
     message.serverId = sent.id;
     message.seq = sent.seq;
@@ -623,7 +636,7 @@ export class Messenger {
   }
 
   async markFailed(convId, contentId, reason) {
-    const message = this.messageById(convId, contentId);
+    const message = await this.loadMessage(convId, contentId);
     if (message) {
       message.status = "failed";
       message.error = reason;
@@ -885,6 +898,51 @@ export class Messenger {
     const { localUrl, ...sealed } = message;
     void localUrl;
     await this.vault.put(`msg:${message.convId}:${message.id}`, sealed, message.convId);
+    this.tabs?.postMessage({ stored: [message.convId, message.id] });
+  }
+
+  // In memory, or stored by another tab of this browser since this one loaded.
+  async loadMessage(convId, id) {
+    const known = this.messageById(convId, id);
+    if (known) return known;
+    const stored = await this.vault.get(`msg:${convId}:${id}`);
+    if (stored) this.remember(stored);
+    return stored || null;
+  }
+
+  // Another tab stored or removed a message record: show what the vault now holds. A status
+  // never goes down (this tab may have heard a receipt the other has not), except to "Not sent".
+  async onOtherTab({ stored, removed } = {}) {
+    if (removed) {
+      const message = this.messageById(removed[0], removed[1]);
+      if (!message) return;
+      this.messages.get(message.convId).delete(message.id);
+      if (message.serverId) this.byServerId.delete(message.serverId);
+      this.view.removeMessage(message);
+      this.view.renderList();
+      return;
+    }
+    if (!stored) return;
+    const [convId, id] = stored;
+    const record = await this.vault.get(`msg:${convId}:${id}`);
+    if (!record) return;
+    const known = this.messageById(convId, id);
+    if (known) {
+      if (record.status !== "failed" && (STATUS_RANK[known.status] ?? 0) > (STATUS_RANK[record.status] ?? 0)) record.status = known.status;
+      if (known.localUrl) record.localUrl = known.localUrl;
+    }
+    const early = record.serverId && this.earlyReceipts.get(record.serverId);
+    if (early) {
+      this.earlyReceipts.delete(record.serverId);
+      this.raiseStatus(record, early);
+    }
+    this.remember(record);
+    if (!this.conversations.has(convId)) {
+      const conv = await this.vault.get(`conv:${convId}`);
+      if (conv) this.conversations.set(convId, conv);
+    }
+    this.view.upsertMessage(record);
+    this.view.renderList();
   }
 
   messageById(convId, id) {

@@ -123,3 +123,54 @@ def test_two_tabs_of_one_user_send_at_once_and_bob_decrypts_every_message(people
             assert secret not in stored
         assert probe["web"] == [], "nothing at all in localStorage or sessionStorage"
     assert errors == [] and alice.errors == [] and bob.errors == []
+
+
+def test_a_message_one_tab_could_not_send_is_sent_by_the_other_and_both_tabs_show_it_sent(people):
+    """Tabs share the outbox: tab 1 writes a message while its requests fail, tab 2 sends it with
+    its own. Tab 1's bubble leaves "pending" although tab 1 never got an answer, each tab shows
+    the other's message, and bob gets each exactly once."""
+    alice = people("alice").register()
+    bob = people("bob").register()
+    alice.start_conversation("bob")
+    tab2 = alice.context.new_page()
+    tab2.goto("/")
+    tab2.wait_for_selector("body[data-ready=true]")
+    tab2.locator("#conversation-list button", has_text="bob").first.click()
+    tab2.wait_for_selector("#chat-view:not([hidden])")
+
+    posts = []
+
+    def cut(route):
+        if route.request.method == "POST" and route.request.url.rstrip("/").endswith("/messages"):
+            posts.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    alice.page.route("**/api/**", cut)
+    alice.send("written in tab 1")
+    deadline = time.monotonic() + 20
+    while not posts:  # tab 1 tried and failed: its message waits in the outbox
+        assert time.monotonic() < deadline, "tab 1 never tried to send"
+        alice.page.wait_for_timeout(100)
+    mine = alice.message("written in tab 1")
+    expect(mine.locator(".ticks")).to_have_attribute("data-status", "pending")
+
+    tab2.get_by_role("textbox", name="Message").fill("written in tab 2")
+    tab2.get_by_role("button", name="Send").click()
+
+    bob.open_conversation("alice")
+    for text in ("written in tab 1", "written in tab 2"):
+        expect(bob.message(text)).to_have_count(1, timeout=20000)
+    # tab 1 never got the answer to its send, and its own retry finds the outbox empty
+    expect(mine.locator(".ticks")).not_to_have_attribute("data-status", "pending", timeout=10000)
+    expect(alice.message("written in tab 2")).to_have_count(1)
+    in_tab2 = tab2.get_by_role("log", name="Messages").locator(".message").filter(
+        has=tab2.locator("p.body").filter(has_text="written in tab 1"))
+    expect(in_tab2).to_have_count(1)
+    expect(in_tab2.locator(".ticks")).not_to_have_attribute("data-status", "pending")
+    alice.page.wait_for_timeout(6000)  # past tab 1's retry: nothing is sent twice
+    for text in ("written in tab 1", "written in tab 2"):
+        expect(bob.message(text)).to_have_count(1)
+    # the aborted requests are logged by Chromium; nothing else went wrong
+    assert [e for e in alice.errors if "Failed to load resource" not in e] == [] and bob.errors == []
