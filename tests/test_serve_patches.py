@@ -1,0 +1,98 @@
+"""enigmo.serve's changes to twisted's hot path. The direct write: a frame goes to the socket at
+once when nothing is queued, and what the kernel does not take (or an error) goes through
+twisted's queue, in order. The dispatch without a log context: a failing callback is logged,
+never raised into the loop."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from twisted.internet import asyncioreactor, main, tcp
+from twisted.python import log
+
+from enigmo.serve import _dispatch_without_a_log_context, _write_now_when_nothing_is_queued
+
+
+class Reactor:
+    """Just what a twisted FileDescriptor asks of its reactor here: who wants to write."""
+
+    def __init__(self) -> None:
+        self.writers: list[object] = []
+
+    def addWriter(self, writer: object) -> None:  # noqa: N802 - twisted's interface
+        if writer not in self.writers:
+            self.writers.append(writer)
+
+    def removeWriter(self, writer: object) -> None:  # noqa: N802
+        if writer in self.writers:
+            self.writers.remove(writer)
+
+
+@pytest.fixture
+def link(monkeypatch):
+    monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)  # restored after the test
+    _write_now_when_nothing_is_queued()
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    reactor = Reactor()
+    connection = tcp.Connection(ours, None, reactor)
+    connection.connected = 1
+    yield connection, peer, reactor
+    ours.close()
+    peer.close()
+
+
+def _read_all(peer: socket.socket, size: int, connection: tcp.Connection, reactor: Reactor) -> bytes:
+    got = bytearray()
+    peer.settimeout(2)
+    while len(got) < size:
+        if reactor.writers:  # the reactor's turn: the queued rest goes out as the peer reads
+            assert connection.doWrite() is None
+        got += peer.recv(1 << 20)
+    return bytes(got)
+
+
+def test_a_small_frame_is_on_the_socket_before_the_loop_turns(link):
+    connection, peer, reactor = link
+    connection.write(b"frame one")
+    assert reactor.writers == []  # nothing waits for writability
+    peer.settimeout(1)
+    assert peer.recv(100) == b"frame one"
+
+
+def test_what_the_kernel_does_not_take_is_queued_and_everything_arrives_in_order(link):
+    connection, peer, reactor = link
+    big = bytes(range(256)) * 16384  # 4 MiB: more than the socket buffers hold
+    connection.write(big)
+    assert reactor.writers == [connection]  # the rest waits for writability
+    connection.write(b"after")  # queued behind the rest, never ahead of it
+    assert _read_all(peer, len(big) + 5, connection, reactor) == big + b"after"
+    assert reactor.writers == []
+    connection.write(b"direct again")
+    assert peer.recv(100) == b"direct again"
+
+
+def test_a_write_to_a_closed_peer_reports_the_lost_connection(link):
+    connection, peer, reactor = link
+    peer.close()
+    connection.write(b"x" * 100)  # nothing written: it takes the queued path
+    assert reactor.writers == [connection]
+    assert connection.doWrite() is main.CONNECTION_LOST
+
+
+def test_the_reactor_dispatch_returns_the_callbacks_result_and_logs_its_failure(monkeypatch):
+    monkeypatch.setattr(asyncioreactor, "callWithLogger", asyncioreactor.callWithLogger)  # restored after
+    _dispatch_without_a_log_context()
+    logged = []
+    monkeypatch.setattr(log, "err", lambda *args, **kwargs: logged.append(kwargs))
+    assert asyncioreactor.callWithLogger(object(), lambda a, b: a + b, 2, b=3) == 5
+
+    def broken():
+        raise RuntimeError("callback failed")
+
+    assert asyncioreactor.callWithLogger(object(), broken) is None
+    assert len(logged) == 1
+    with pytest.raises(KeyboardInterrupt):
+        asyncioreactor.callWithLogger(object(), lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
