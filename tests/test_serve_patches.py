@@ -1,17 +1,19 @@
 """enigmo.serve's changes to twisted's hot path. The direct write: a frame goes to the socket at
 once when nothing is queued, and what the kernel does not take (or an error) goes through
 twisted's queue, in order. The dispatch without a log context: a failing callback is logged,
-never raised into the loop."""
+never raised into the loop. The integer masker: RFC 6455's unmasking, also across pieces."""
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 
 import pytest
 from twisted.internet import asyncioreactor, main, tcp
 from twisted.python import log
 
-from enigmo.serve import _dispatch_without_a_log_context, _write_now_when_nothing_is_queued
+from enigmo.serve import IntMasker, _dispatch_without_a_log_context, _write_now_when_nothing_is_queued
 
 
 class Reactor:
@@ -96,3 +98,21 @@ def test_the_reactor_dispatch_returns_the_callbacks_result_and_logs_its_failure(
     assert len(logged) == 1
     with pytest.raises(KeyboardInterrupt):
         asyncioreactor.callWithLogger(object(), lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+def test_the_integer_masker_unmasks_rfc_6455s_example_and_any_payload_in_any_pieces():
+    masked_hello = bytes.fromhex("7f9f4d5158")  # RFC 6455 section 5.7, key 37 fa 21 3d
+    assert IntMasker(bytes.fromhex("37fa213d")).process(masked_hello) == b"Hello"
+    rng = random.Random(6455)
+    for _ in range(300):
+        key, payload = os.urandom(4), os.urandom(rng.randrange(0, 5000))
+        expected = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        masker, out, at = IntMasker(key, len(payload)), b"", 0
+        while at < len(payload):  # a frame split across reads, at arbitrary offsets
+            step = rng.randrange(1, 700)
+            out += masker.process(memoryview(payload)[at : at + step])
+            at += step
+        assert out == expected and masker.pointer() == len(payload)
+        masker.reset()
+        assert masker.pointer() == 0 and masker.process(payload[:3]) == expected[:3]
+    assert IntMasker(b"abcd").process(b"") == b""
