@@ -42,23 +42,34 @@ def _close_cleanly_on_protocol_errors() -> None:
 def _allow_protocol_close_codes() -> None:
     """autobahn lets an application close only with 1000 or 3000–4999, but RFC 6455 lets a
     server end a socket with 1008 (policy violation: a frame flood) or 1009 (too big); those
-    two are sent as close frames directly. After a 1008 the server reads nothing more from that
-    peer: a flooder's close reply sits behind the rest of its flood, and parsing that flood
-    would stall every other socket on the process; autobahn drops the connection when the
-    close handshake times out (closeHandshakeTimeout, 1 s) and the consumer gets its disconnect."""
+    two are sent as close frames directly. After a 1008 the server parses nothing more from
+    that peer: parsing the rest of a flood would stall every other socket on the process. It
+    still reads (and drops) what arrives, so the flooder is not left blocked on a full send
+    buffer, and the connection is dropped only after FLOOD_CLOSE_SECONDS (its close reply goes
+    unseen among the dropped bytes): closing while the flooder still sends would answer its
+    data with a reset, which discards the error and close frames it has not read yet."""
     from daphne.ws_protocol import WebSocketProtocol
 
     original = WebSocketProtocol.serverClose
 
     def server_close(self, code=None):  # type: ignore[no-untyped-def]
         if code in (1008, 1009):
+            if code == 1008:
+                self.closeHandshakeTimeout = FLOOD_CLOSE_SECONDS
             self.sendCloseFrame(code=code, reasonUtf8=None, isReply=False)
-            if code == 1008 and self.transport is not None:
-                self.transport.pauseProducing()
+            if code == 1008:
+                self.dataReceived = _discard  # the rest of the flood is read and dropped unparsed
         else:
             original(self, code)
 
     WebSocketProtocol.serverClose = server_close  # type: ignore[method-assign]
+
+
+FLOOD_CLOSE_SECONDS = 5
+
+
+def _discard(data: bytes) -> None:
+    return None
 
 
 def _no_colour_for_discarded_debug_lines() -> None:
