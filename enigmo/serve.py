@@ -53,12 +53,12 @@ def _allow_protocol_close_codes() -> None:
     original = WebSocketProtocol.serverClose
 
     def server_close(self, code=None):  # type: ignore[no-untyped-def]
-        if code in (1008, 1009):
-            if code == 1008:
-                self.closeHandshakeTimeout = FLOOD_CLOSE_SECONDS
+        if code == 1008:
+            self.closeHandshakeTimeout = FLOOD_CLOSE_SECONDS
             self.sendCloseFrame(code=code, reasonUtf8=None, isReply=False)
-            if code == 1008:
-                self.dataReceived = _discard  # the rest of the flood is read and dropped unparsed
+            self.dataReceived = _discard  # the rest of the flood is read and dropped unparsed
+        elif code == 1009:
+            self.sendCloseFrame(code=code, reasonUtf8=None, isReply=False)
         else:
             original(self, code)
 

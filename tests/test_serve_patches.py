@@ -37,7 +37,6 @@ def link(monkeypatch):
     monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)  # restored after the test
     # as in the server process (Python ignores SIGPIPE at start-up; a library in the test run may not)
     previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    request_cleanup = lambda: signal.signal(signal.SIGPIPE, previous)  # noqa: E731
     _write_now_when_nothing_is_queued()
     ours, peer = socket.socketpair()
     ours.setblocking(False)
@@ -48,7 +47,7 @@ def link(monkeypatch):
     yield connection, peer, reactor
     ours.close()
     peer.close()
-    request_cleanup()
+    signal.signal(signal.SIGPIPE, previous)
 
 
 def _read_all(peer: socket.socket, size: int, connection: tcp.Connection, reactor: Reactor) -> bytes:

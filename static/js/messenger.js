@@ -516,9 +516,7 @@ export class Messenger {
     await this.vault.delete(blobKey(message.id));
     await this.vault.delete(`msg:${message.convId}:${message.id}`);
     this.tabs?.postMessage({ removed: [message.convId, message.id] });
-    this.messages.get(message.convId)?.delete(message.id);
-    this.view.removeMessage(message);
-    this.view.renderList();
+    this.forget(message);
     if (message.convId === this.current) this.view.sendError("");
   }
 
@@ -915,11 +913,7 @@ export class Messenger {
   async onOtherTab({ stored, removed } = {}) {
     if (removed) {
       const message = this.messageById(removed[0], removed[1]);
-      if (!message) return;
-      this.messages.get(message.convId).delete(message.id);
-      if (message.serverId) this.byServerId.delete(message.serverId);
-      this.view.removeMessage(message);
-      this.view.renderList();
+      if (message) this.forget(message);
       return;
     }
     if (!stored) return;
@@ -928,7 +922,7 @@ export class Messenger {
     if (!record) return;
     const known = this.messageById(convId, id);
     if (known) {
-      if (record.status !== "failed" && (STATUS_RANK[known.status] ?? 0) > (STATUS_RANK[record.status] ?? 0)) record.status = known.status;
+      if (record.status !== "failed") this.raiseStatus(record, known.status);
       if (known.localUrl) record.localUrl = known.localUrl;
     }
     const early = record.serverId && this.earlyReceipts.get(record.serverId);
@@ -942,6 +936,14 @@ export class Messenger {
       if (conv) this.conversations.set(convId, conv);
     }
     this.view.upsertMessage(record);
+    this.view.renderList();
+  }
+
+  // Out of memory and off the screen (the vault record is the caller's to delete).
+  forget(message) {
+    this.messages.get(message.convId)?.delete(message.id);
+    if (message.serverId) this.byServerId.delete(message.serverId);
+    this.view.removeMessage(message);
     this.view.renderList();
   }
 
@@ -993,11 +995,8 @@ export class Messenger {
       for (const m of [...map.values()]) {
         const expiresAt = m.expiresAt;
         if (expiresAt && expiresAt <= now) {
-          map.delete(m.id);
-          if (m.serverId) this.byServerId.delete(m.serverId);
           await this.vault.delete(`msg:${convId}:${m.id}`);
-          this.view.removeMessage(m);
-          this.view.renderList();
+          this.forget(m);
         }
       }
     }
