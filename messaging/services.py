@@ -780,8 +780,8 @@ def _batch_lookup_sql() -> str:
     u, ik = get_user_model()._meta.db_table, IdentityKey._meta.db_table
     return (
         f"SELECT c.public_id, c.id, p.user_id, d.id, u.username, d.device_id, NULL::uuid FROM {c} c JOIN {p} p ON p.conversation_id = c.id "
-        f"JOIN {u} u ON u.id = p.user_id LEFT JOIN {d} d ON d.user_id = p.user_id AND d.revoked_at IS NULL "
-        f"AND EXISTS (SELECT 1 FROM {ik} ik WHERE ik.device_id = d.id) WHERE c.public_id = ANY(%s::uuid[]) "
+        f"JOIN {u} u ON u.id = p.user_id LEFT JOIN LATERAL (SELECT d.id, d.device_id FROM {d} d WHERE d.user_id = p.user_id "
+        f"AND d.revoked_at IS NULL AND EXISTS (SELECT 1 FROM {ik} ik WHERE ik.device_id = d.id)) d ON true WHERE c.public_id = ANY(%s::uuid[]) "
         f"UNION ALL SELECT NULL, NULL, NULL, sender_device_id, NULL, NULL, client_message_id FROM {m} "
         "WHERE sender_device_id = ANY(%s::bigint[]) AND client_message_id = ANY(%s::uuid[])"
     )

@@ -134,3 +134,30 @@ def test_an_ack_marks_only_the_acking_devices_copies_delivered_and_drops_their_c
     assert all(d.ciphertext is None for d in done)
     eves = Delivery.objects.get(pk=copies[(to_group.answer["id"], device(eve).pk)])
     assert eves.delivered_at is None and bytes(eves.ciphertext) == to_group.recipients[1].ciphertext
+
+
+def test_a_batch_expects_exactly_each_members_current_devices(api, alice, bob, eve):
+    """The batch's look-up decides which devices a send must cover: every device of every member
+    that is neither revoked nor without keys, and a member with none still counts as a member."""
+    from keys.models import IdentityKey
+
+    group = open_group(api, alice, bob, eve)
+    bobs_user = device(bob).user
+    revoked = Device.objects.create(user=bobs_user, device_id=7, name="old phone", token_hash=Device.hash_token("x" * 43), revoked_at=timezone.now())
+    IdentityKey.objects.create(user=bobs_user, device=revoked, kind=IdentityKey.Kind.DEVICE, public_key=b"k" * 32, certificate=b"c" * 64, issued_ms=0)
+    Device.objects.create(user=bobs_user, device_id=8, name="never keyed", token_hash=Device.hash_token("y" * 43))
+    Device.objects.filter(pk=device(eve).pk).update(revoked_at=timezone.now())  # eve: a member without a current device
+
+    def to(*targets):
+        recipients = [services.RecipientInput(user_id=u, device_id=d, ciphertext=b"opaque") for u, d in targets]
+        return services.BatchSend(sender_device=device(alice), conversation_id=group, client_message_id=uuid.uuid4(), recipients=recipients)
+
+    bob_now = (bob.username, bob.device.device_id)
+    exact, with_revoked, with_unkeyed, with_eve = to(bob_now), to(bob_now, (bob.username, 7)), to(bob_now, (bob.username, 8)), to(bob_now, (eve.username, eve.device.device_id))
+    services.messages_send_batch(items=[exact, with_revoked, with_unkeyed, with_eve])
+
+    assert exact.error is None and exact.answer["seq"] == 1
+    assert [pk for pk, _, _ in exact.pushes] == [device(bob).pk]
+    for refused in (with_revoked, with_unkeyed, with_eve):
+        assert refused.answer is None and isinstance(refused.error, EnigmoError), refused.error
+    assert Message.objects.filter(conversation__public_id=group).count() == 1
