@@ -139,13 +139,10 @@ def test_an_ack_marks_only_the_acking_devices_copies_delivered_and_drops_their_c
 def test_a_batch_expects_exactly_each_members_current_devices(api, alice, bob, eve):
     """The batch's look-up decides which devices a send must cover: every device of every member
     that is neither revoked nor without keys, and a member with none still counts as a member."""
-    from keys.models import IdentityKey
-
     group = open_group(api, alice, bob, eve)
-    bobs_user = device(bob).user
-    revoked = Device.objects.create(user=bobs_user, device_id=7, name="old phone", token_hash=Device.hash_token("x" * 43), revoked_at=timezone.now())
-    IdentityKey.objects.create(user=bobs_user, device=revoked, kind=IdentityKey.Kind.DEVICE, public_key=b"k" * 32, certificate=b"c" * 64, issued_ms=0)
-    Device.objects.create(user=bobs_user, device_id=8, name="never keyed", token_hash=Device.hash_token("y" * 43))
+    old_phone = bob.link_device(api, "old phone")
+    assert api.delete(f"/api/v1/devices/{old_phone.device_id}", token=bob.token)[0] == 204
+    Device.objects.create(user=device(bob).user, device_id=8, name="never keyed", token_hash=Device.hash_token("y" * 43))
     Device.objects.filter(pk=device(eve).pk).update(revoked_at=timezone.now())  # eve: a member without a current device
 
     def to(*targets):
@@ -153,7 +150,7 @@ def test_a_batch_expects_exactly_each_members_current_devices(api, alice, bob, e
         return services.BatchSend(sender_device=device(alice), conversation_id=group, client_message_id=uuid.uuid4(), recipients=recipients)
 
     bob_now = (bob.username, bob.device.device_id)
-    exact, with_revoked, with_unkeyed, with_eve = to(bob_now), to(bob_now, (bob.username, 7)), to(bob_now, (bob.username, 8)), to(bob_now, (eve.username, eve.device.device_id))
+    exact, with_revoked, with_unkeyed, with_eve = to(bob_now), to(bob_now, (bob.username, old_phone.device_id)), to(bob_now, (bob.username, 8)), to(bob_now, (eve.username, eve.device.device_id))
     services.messages_send_batch(items=[exact, with_revoked, with_unkeyed, with_eve])
 
     assert exact.error is None and exact.answer["seq"] == 1
