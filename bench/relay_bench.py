@@ -62,6 +62,12 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def own_cpu_seconds() -> float:
+    """This driver's CPU: near 100 % of its core, the driver and not the server is the limit."""
+    usage = os.times()
+    return usage.user + usage.system
+
+
 def proc_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -227,13 +233,14 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
                 else:
                     print("error:", reply, file=sys.stderr)
 
-        cpu0, t0 = servers.cpu(), time.perf_counter()
+        cpu0, t0, own0 = servers.cpu(), time.perf_counter(), own_cpu_seconds()
         await asyncio.gather(*(sender(d, chat, to) for d, (_, _, chat, _, to) in zip(senders, cast, strict=True)))
         deadline = time.monotonic() + args.drain_seconds
         while sum(len(r.seen) for r in receivers) < expected and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         last = max((max(r.seen.values(), default=t0) for r in receivers), default=t0)
         wall, cpu = last - t0, servers.cpu() - cpu0
+        driver_cpu = (own_cpu_seconds() - own0) / max(time.perf_counter() - t0, 1e-9)
         received = set().union(*(r.seen for r in receivers))
         latencies = [x for r in receivers for x in r.latencies]
         peak_rss_kb = sum(proc_kb(s.process.pid, "VmHWM") for s in servers.list)
@@ -247,6 +254,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
         "cpu_us_per_msg": 1e6 * cpu / n if n else float("nan"),
         "rss_kb_per_conn": rss_per_conn / conns,
         "peak_rss_mib": peak_rss_kb / 1024,
+        "driver_cpu_pct": 100 * driver_cpu,
         "stored": len(stored),
         "delivered": n,
         "lost": len(stored - received),
@@ -262,6 +270,7 @@ async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         senders = await connect(server.ws_url, [tx for tx, _, _, _, _ in cast])
         await asyncio.sleep(1)
         total = int(rate * args.open_seconds)
+        print("  sending (the open loop starts here: profile the server from now)", flush=True)
         stored: set[str] = set()
         start = time.perf_counter() + 0.2
         cpu0 = servers.cpu()

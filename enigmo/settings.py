@@ -141,6 +141,12 @@ elif _db["ENGINE"] in ("django.db.backends.postgresql",):
     _db.setdefault("CONN_MAX_AGE", 60)
     _db.setdefault("CONN_HEALTH_CHECKS", True)
     _db.setdefault("OPTIONS", {})["connect_timeout"] = 5
+    # The relay's hot statements (messaging.services._bound_cursor, server-side binding) are
+    # prepared on first use and planned once: planning them for every group commit was most of
+    # PostgreSQL's CPU at low rates, where a batch holds one or two envelopes (measured, see
+    # docs/performance.md). Django's own queries use client-side binding, which never prepares.
+    _db["OPTIONS"].setdefault("prepare_threshold", 0)
+
     _db["TEST"] = {"NAME": f"test_enigmo_{os.getpid()}"}
 else:
     raise ImproperlyConfigured(f"DATABASE_URL must be sqlite or postgres, got {_db['ENGINE']}")

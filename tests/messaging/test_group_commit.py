@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -158,3 +159,30 @@ def test_a_batch_expects_exactly_each_members_current_devices(api, alice, bob, e
     for refused in (with_revoked, with_unkeyed, with_eve):
         assert refused.answer is None and isinstance(refused.error, EnigmoError), refused.error
     assert Message.objects.filter(conversation__public_id=group).count() == 1
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's; SQLite stores through the ORM")
+def test_the_group_commit_is_planned_once_per_connection_and_answers_the_same_every_time(api, alice, bob):
+    """The relay's statements are prepared on the connection the first time and reused after
+    (planning them for every batch of one or two envelopes was most of PostgreSQL's CPU); the
+    reused statements still number, store and acknowledge correctly. Django's own queries are
+    not prepared (client-side binding), so only these few named statements live on a connection."""
+    chat = open_direct(api, alice, bob)
+    answers = []
+    for _ in range(3):
+        send = item(alice, chat, bob)
+        services.messages_send_batch(items=[send])
+        (device_pk, delivery_pk, _), = send.pushes
+        services.deliveries_ack_sent_many(acks=[(device(bob), [(delivery_pk, send.answer["id"], send.conversation_id, device(alice).user_id)])])
+        answers.append(send.answer)
+
+    assert [a["seq"] for a in answers] == [1, 2, 3]
+    copies = Delivery.objects.filter(message__conversation__public_id=chat)
+    assert copies.count() == 3 and not copies.filter(delivered_at__isnull=True).exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
+        prepared = [row[0] for row in cursor.fetchall()]
+    hot = {services._batch_lookup_sql(), services._store_batch_sql(), services._ack_sql()}
+    assert len(prepared) == 3, prepared  # each once, not once per batch
+    # the relay's three, told apart by their text up to the first parameter ($n in PostgreSQL's copy)
+    assert sorted(statement.split("$")[0] for statement in prepared) == sorted(sql.split("%")[0] for sql in hot), prepared
