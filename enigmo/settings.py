@@ -145,8 +145,10 @@ elif _db["ENGINE"] in ("django.db.backends.postgresql",):
     # prepared on first use and planned once: planning them for every group commit was most of
     # PostgreSQL's CPU at low rates, where a batch holds one or two envelopes (measured, see
     # docs/performance.md). Django's own queries use client-side binding, which never prepares.
-    _db["OPTIONS"].setdefault("prepare_threshold", 0)
-
+    # Off (Django's default) behind a pooler that cannot keep them, e.g. PgBouncer in
+    # transaction mode before 1.21.
+    if _bool("ENIGMO_DB_PREPARED_STATEMENTS", True):
+        _db["OPTIONS"].setdefault("prepare_threshold", 0)
     _db["TEST"] = {"NAME": f"test_enigmo_{os.getpid()}"}
 else:
     raise ImproperlyConfigured(f"DATABASE_URL must be sqlite or postgres, got {_db['ENGINE']}")

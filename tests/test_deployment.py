@@ -141,6 +141,18 @@ def test_relay_db_threads_unset_or_empty_means_the_default_and_a_positive_value_
     assert [o["ok"]["RELAY_DB_THREADS"] for o in outcomes] == [None, None, 3]
 
 
+def test_the_relays_statements_are_prepared_on_postgresql_unless_a_pooler_needs_them_not_to_be():
+    """On PostgreSQL the relay's statements are prepared once per connection (psycopg's
+    prepare_threshold 0); ENIGMO_DB_PREPARED_STATEMENTS=0 leaves Django's default (never), for a
+    pooler in transaction mode. SQLite has no such option."""
+    postgres = "postgres://enigmo@127.0.0.1:5432/enigmo"
+    cases = [{"DATABASE_URL": postgres}, {"DATABASE_URL": postgres, "ENIGMO_DB_PREPARED_STATEMENTS": "0"}, {}]
+    options = [outcome["ok"]["DATABASES"]["default"]["OPTIONS"] for outcome in _settings_outcomes(cases, keys=("DATABASES",))]
+    assert options[0]["prepare_threshold"] == 0
+    assert "prepare_threshold" not in options[1] and options[1]["connect_timeout"] == 5
+    assert "prepare_threshold" not in options[2]
+
+
 def test_channel_capacity_sizes_both_channel_layers():
     """ENIGMO_CHANNEL_CAPACITY (default 1,000) is the capacity of the in-memory layer and of
     channels-redis alike; the fault tests set it small to make the layer drop nudges."""
