@@ -141,10 +141,11 @@ elif _db["ENGINE"] in ("django.db.backends.postgresql",):
     _db.setdefault("CONN_MAX_AGE", 60)
     _db.setdefault("CONN_HEALTH_CHECKS", True)
     _db.setdefault("OPTIONS", {})["connect_timeout"] = 5
-    # The relay's hot statements (messaging.services._bound_cursor, server-side binding) are
-    # prepared on first use and planned once: planning them for every group commit was most of
-    # PostgreSQL's CPU at low rates, where a batch holds one or two envelopes (measured, see
-    # docs/performance.md). Django's own queries use client-side binding, which never prepares.
+    # The relay's group-commit statements (messaging.services._bound_cursor, server-side
+    # binding) are prepared on first use and planned once: planning them for every group commit
+    # was most of PostgreSQL's CPU at low rates, where a batch holds one or two envelopes
+    # (measured, see docs/performance.md). Django's own queries use client-side binding, which
+    # never prepares.
     # Off (Django's default) behind a pooler that cannot keep them, e.g. PgBouncer in
     # transaction mode before 1.21.
     if _bool("ENIGMO_DB_PREPARED_STATEMENTS", True):
