@@ -174,7 +174,7 @@ def test_the_group_commit_is_planned_once_per_connection_and_answers_the_same_ev
     for _ in range(3):
         send = item(alice, chat, bob)
         services.messages_send_batch(items=[send])
-        (device_pk, delivery_pk, _), = send.pushes
+        (_, delivery_pk, _), = send.pushes
         services.deliveries_ack_sent_many(acks=[(device(bob), [(delivery_pk, send.answer["id"], send.conversation_id, device(alice).user_id)])])
         answers.append(send.answer)
 
