@@ -129,8 +129,8 @@ def reset_db_executor() -> None:
 
 def _in_db_thread(func: Any, *args: Any, **kwargs: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
     """Run one service call; collect its events instead of sending them from this thread.
-    Stale connections are recycled at most every few seconds, not around every call (each
-    recycle costs a health-check round trip with CONN_HEALTH_CHECKS).
+    Broken connections are dropped at most every few seconds, not around every call (each
+    check costs a health-check round trip with CONN_HEALTH_CHECKS).
 
     The call runs in this worker thread's own context, never the calling socket's: Django's
     cache handler is context-local, so a socket's context would get its own cache client and
@@ -144,6 +144,12 @@ def _in_db_thread(func: Any, *args: Any, **kwargs: Any) -> tuple[Any, list[tuple
 def _collecting(func: Any, *args: Any, **kwargs: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
     now = time.monotonic()
     if now - getattr(_thread_state, "last_cleanup", 0.0) > 5:
+        # These threads live as long as the process, so their connections are reused and kept
+        # (CONN_MAX_AGE, 0 for requests, would have each reconnect at every clean-up: a new
+        # backend, its statements prepared again, and a batch waiting on both): only an
+        # unusable one is closed here.
+        for wrapper in connections.all(initialized_only=True):
+            wrapper.close_at = None
         close_old_connections()
         _thread_state.last_cleanup = now
     box: list[tuple[str, dict[str, Any]]] = []
