@@ -122,6 +122,55 @@ async def test_two_processes_share_delivery_and_presence(live_server_factory):
     await bob_rx.stop()
 
 
+def _publishes() -> int:
+    """PUBLISH commands Redis has run so far (every database: pub/sub is server-wide)."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        return int(client.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def _receipts_for(rx: Receiver, message_ids: set[str]) -> set[str]:
+    return {f["message_id"] for f in rx.other if f.get("type") == "receipt" and f.get("status") == "delivered"} & message_ids
+
+
+@needs_shared_layer
+async def test_a_lone_process_publishes_nothing_and_a_second_one_is_heard_at_once(live_server_factory):
+    """One process alone: envelopes, acks and the receipts they raise never reach Redis's
+    PUBLISH (each would come back only to that process). A second process joins: the first
+    hears it announce itself, so a receipt raised on the first for a socket on the second
+    crosses straight away, not after the next count of subscribers."""
+    a = await asyncio.to_thread(live_server_factory)
+    api = HttpTransport(a.http_url)
+    alice, bob = await asyncio.to_thread(cast, api, "alice", "bob")
+    chat = await asyncio.to_thread(open_direct, api, alice, bob)
+    alice_rx, bob_rx = Receiver(a.ws_url, alice.token).start(), Receiver(a.ws_url, bob.token).start()
+    await asyncio.wait_for(asyncio.gather(alice_rx.ready.wait(), bob_rx.ready.wait()), 10)
+    await asyncio.sleep(3)  # A has counted itself alone (it counts every PEER_CHECK_SECONDS, 1 s)
+    before = await asyncio.to_thread(_publishes)
+    alone = set()
+    for n in range(20):
+        status, sent = await asyncio.to_thread(api.post, f"/api/v1/conversations/{chat}/messages", envelope("bob", f"alone {n}"), token=alice.token)
+        assert status == 201
+        alone.add(sent["id"])
+    assert await wait_for(lambda: alone <= bob_rx.unique_ids and _receipts_for(alice_rx, alone) == alone, 10)
+    assert await asyncio.to_thread(_publishes) == before, "a lone process published to Redis"
+
+    b = await asyncio.to_thread(live_server_factory, None, a.database_url)
+    await alice_rx.stop()
+    alice_on_b = Receiver(b.ws_url, alice.token).start()  # B's first socket: B subscribes and announces itself
+    await asyncio.wait_for(alice_on_b.ready.wait(), 10)
+    status, sent = await asyncio.to_thread(HttpTransport(b.http_url).post, f"/api/v1/conversations/{chat}/messages", envelope("bob", "across"), token=alice.token)
+    assert status == 201
+    # bob, on A, acks it; A raises the receipt and must publish it for alice's socket on B
+    assert await wait_for(lambda: _receipts_for(alice_on_b, {sent["id"]}) == {sent["id"]}, 5)
+    await alice_on_b.stop()
+    await bob_rx.stop()
+
+
 @needs_shared_layer
 async def test_a_thousand_connections_lose_nothing(live_server_factory):
     """500 pairs (1,000 sockets) on one process in the production profile; every sender sends
