@@ -121,6 +121,16 @@ class Servers:
         return sum(proc_cpu_seconds(s.process.pid) for s in self.list)
 
 
+def settle_database(url: str) -> None:
+    """A CHECKPOINT before a measured phase: the previous configuration's writes (and the
+    checkpoint its DROP DATABASE forces) are flushed now, not while this one is timed."""
+    if url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+
+
 class Device:
     """One authenticated socket: acks every envelope, records first arrivals, knows when its
     queue is drained (first backlog frame with has_more false)."""
@@ -233,6 +243,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
                 else:
                     print("error:", reply, file=sys.stderr)
 
+        await asyncio.to_thread(settle_database, servers.list[0].database_url)
         cpu0, t0, own0 = servers.cpu(), time.perf_counter(), own_cpu_seconds()
         await asyncio.gather(*(sender(d, chat, to) for d, (_, _, chat, _, to) in zip(senders, cast, strict=True)))
         deadline = time.monotonic() + args.drain_seconds
@@ -268,6 +279,7 @@ async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         cast = await asyncio.to_thread(seed, server.database_url, pairs, uuid.uuid4().hex[:6])
         receivers = await connect(server.ws_url, [rx for _, rx, _, _, _ in cast])
         senders = await connect(server.ws_url, [tx for tx, _, _, _, _ in cast])
+        await asyncio.to_thread(settle_database, server.database_url)
         await asyncio.sleep(1)
         total = int(rate * args.open_seconds)
         print("  sending (the open loop starts here: profile the server from now)", flush=True)
@@ -339,6 +351,7 @@ async def backlog(args: argparse.Namespace, count: int) -> dict[str, Any]:
             in_flight -= 1
             if reply["type"] == "sent":
                 stored.add(reply["id"])
+        await asyncio.to_thread(settle_database, server.database_url)
         t0 = time.perf_counter()
         (receiver,) = await connect(server.ws_url, [rx])
         deadline = time.monotonic() + args.drain_seconds
@@ -376,6 +389,7 @@ async def group(args: argparse.Namespace, members: int) -> dict[str, Any]:
         chat, names, tokens = json.loads(out.strip().splitlines()[-1])
         devices = await connect(server.ws_url, tokens)
         sender, others = devices[0], devices[1:]
+        await asyncio.to_thread(settle_database, server.database_url)
         fanouts: list[float] = []
         stored: set[str] = set()
         for _ in range(args.group_messages):
