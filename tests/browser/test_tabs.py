@@ -147,7 +147,14 @@ def test_a_message_one_tab_could_not_send_is_sent_by_the_other_and_both_tabs_sho
         else:
             route.continue_()
 
+    def hold(route):  # tab 2 cannot send either until tab 1's bubble is seen pending
+        if route.request.method == "POST" and route.request.url.rstrip("/").endswith("/messages"):
+            route.abort()
+        else:
+            route.continue_()
+
     alice.page.route("**/api/**", cut)
+    tab2.route("**/api/**", hold)
     alice.send("written in tab 1")
     deadline = time.monotonic() + 20
     while not posts:  # tab 1 tried and failed: its message waits in the outbox
@@ -155,6 +162,7 @@ def test_a_message_one_tab_could_not_send_is_sent_by_the_other_and_both_tabs_sho
         alice.page.wait_for_timeout(100)
     mine = alice.message("written in tab 1")
     expect(mine.locator(".ticks")).to_have_attribute("data-status", "pending")
+    tab2.unroute("**/api/**", hold)
 
     tab2.get_by_role("textbox", name="Message").fill("written in tab 2")
     tab2.get_by_role("button", name="Send").click()
