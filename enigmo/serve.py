@@ -141,6 +141,12 @@ def _dispatch_without_a_log_context() -> None:
     asyncioreactor.callWithLogger = call_logging_errors  # type: ignore[attr-defined]
 
 
+def _unmask(key: bytes, payload: bytes) -> bytes:
+    """RFC 6455 masking: `payload` XOR the 4-byte `key` repeated, in one C-level operation."""
+    n = len(payload)
+    return (int.from_bytes(payload, "little") ^ int.from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
+
+
 class IntMasker:
     """RFC 6455 (un)masking of one frame's payload with Python's integers: the payload XOR the
     4-byte key repeated, in one C-level operation. autobahn's native masker allocates two cffi
@@ -161,22 +167,15 @@ class IntMasker:
         self._at = 0
 
     def process(self, data: bytes) -> bytes:
-        n = len(data)
         turn = self._at & 3
-        key = (self._key[turn:] + self._key[:turn]) * ((n >> 2) + 1)
-        self._at += n
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key[:n], "little")).to_bytes(n, "little")
+        self._at += len(data)
+        return _unmask(self._key[turn:] + self._key[:turn], data)
 
 
 def _mask_with_integers() -> None:
     import autobahn.websocket.protocol
 
     autobahn.websocket.protocol.create_xor_masker = IntMasker  # type: ignore[attr-defined]
-
-
-def _unmask(key: bytes, payload: bytes) -> bytes:
-    n = len(payload)
-    return (int.from_bytes(payload, "little") ^ int.from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
 
 
 def _read_whole_text_frames_directly() -> None:
