@@ -713,6 +713,7 @@ class BatchSend:
     error: BaseException | None = None
     # (recipient device pk, delivery pk, frame) of a stored envelope, for live sockets
     pushes: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+    counted: bool = False  # its rate limits were hit already (it can be partitioned twice)
 
 
 def _lock_and_take_seqs(counts: dict[int, int], now: datetime) -> dict[int, tuple[int, int | None]]:
@@ -802,14 +803,63 @@ def _batch_lookup_results(rows: list[tuple[Any, ...]]) -> Lookups:
     members: dict[Any, tuple[int, set[int]]] = {}
     devices: dict[int, list[tuple[int, str, int]]] = {}
     seen: set[tuple[int, Any]] = set()
+    found: dict[Any, list[Fact]] = {}
     for public_id, conv_pk, user_pk, device_pk, username, device_id, client_message_id in rows:
         if public_id is None:
             seen.add((device_pk, client_message_id))
             continue
         members.setdefault(public_id, (conv_pk, set()))[1].add(user_pk)
+        found.setdefault(public_id, []).append((user_pk, username, device_pk, device_id))
         if device_pk is not None:
             devices.setdefault(conv_pk, []).append((device_pk, username, device_id))
+    _remember(found, members, devices)
     return members, devices, seen
+
+
+# --- what this process last found of a conversation (PostgreSQL) --------------------------------
+#
+# The look-up is a round trip, a statement and a hand-back per batch, and what it reads (members
+# and their current devices) rarely changes. The process keeps what it last found, per
+# conversation, and a batch of known conversations skips the look-up: it is partitioned against
+# what was found, and its store statement checks, in the same statement and snapshot, that the
+# members and devices are still exactly those and that no send in it is a repeat. If anything
+# differs nothing is stored (no sequence number taken), the conversation is forgotten, and the
+# batch takes the look-up as before. What is kept is never trusted, only checked.
+
+Fact = tuple[int, str, int | None, int | None]  # member user pk, username, device pk, device id (None: no current device)
+Known = tuple[int, set[int], list[tuple[int, str, int]], tuple[Fact, ...]]  # conversation pk, members, devices, the facts
+
+_known: dict[Any, Known] = {}
+KNOWN_MAX = 10_000  # conversations; past it the memory starts again
+
+
+def _remember(found: dict[Any, list[Fact]], members: dict[Any, tuple[int, set[int]]], devices: dict[int, list[tuple[int, str, int]]]) -> None:
+    if len(_known) + len(found) > KNOWN_MAX:
+        _known.clear()
+    for public_id, facts in found.items():
+        conv_pk, users = members[public_id]
+        _known[public_id] = (conv_pk, set(users), list(devices.get(conv_pk, ())), tuple(facts))
+
+
+def _forget(fast: list[FastSend]) -> None:
+    for item, _, _ in fast:
+        _known.pop(_uuid(item.conversation_id), None)
+
+
+def _known_lookups(items: list[BatchSend]) -> tuple[Lookups, dict[int, tuple[Fact, ...]]] | None:
+    """_batch_lookups from what was last found, when every conversation of the batch is known;
+    → (look-ups, conversation pk → the facts the store must check), else None."""
+    members: dict[Any, tuple[int, set[int]]] = {}
+    devices: dict[int, list[tuple[int, str, int]]] = {}
+    facts: dict[int, tuple[Fact, ...]] = {}
+    for item in items:
+        public_id = _uuid(item.conversation_id)
+        known = _known.get(public_id)
+        if known is None:
+            return None
+        conv_pk, users, conv_devices, facts[conv_pk] = known
+        members[public_id], devices[conv_pk] = (conv_pk, users), conv_devices
+    return (members, devices, set()), facts
 
 
 FastSend = tuple[BatchSend, int, dict[tuple[str, int], int]]  # (item, conversation pk, (user id, device id) → device pk)
@@ -837,7 +887,8 @@ def _batch_partition(
         if len(set(given)) != len(given) or set(given) != set(expected):
             slow.append(item)
             continue
-        if settings.RATE_LIMITS_ENABLED:
+        if settings.RATE_LIMITS_ENABLED and not item.counted:
+            item.counted = True
             try:
                 for other_pk in conv[1]:
                     if other_pk != item.sender_device.user_id:
@@ -866,10 +917,20 @@ def messages_send_batch(*, items: list[BatchSend]) -> None:
     was nine, each a wait for the database thread under load). Every item gets its answer
     (or error) only after the commit. Anything unusual — a repeat, a mismatch, a constraint
     race — goes through message_send on its own, which answers exactly as before."""
-    fast, slow = _batch_partition(items, *_batch_lookups(items))
+    known = _known_lookups(items) if connection.vendor == "postgresql" else None
+    lookups, facts = known if known is not None else (_batch_lookups(items), None)
+    fast, slow = _batch_partition(items, *lookups)
     if fast:
         try:
-            _store_batch(fast)
+            if not _store_batch(fast, facts):
+                # A member or a device changed since the conversation was last looked up, or a
+                # send repeats a stored one: nothing was stored. Look it up and store as usual.
+                _forget(fast)
+                again = [item for item, _, _ in fast]
+                fast, more = _batch_partition(again, *_batch_lookups(again))
+                slow.extend(more)
+                if fast:
+                    _store_batch(fast)
         except IntegrityError:  # a concurrent repeat of one of them: each on its own
             slow.extend(_batch_refused(fast))
     _send_one_by_one(slow)
@@ -917,12 +978,27 @@ def _bound_cursor(sql: str) -> Iterator[Any]:
 
 
 @functools.cache
-def _store_batch_sql() -> str:
+def _store_batch_sql(checked: bool = False) -> str:
+    """The group commit's statement; `checked`: it stores only if the members and devices it is
+    given (%(f*)s, one row per member and current device) are still exactly those of the
+    batch's conversations and no send in it repeats a stored one (see _known)."""
     c, m, d = Conversation._meta.db_table, Message._meta.db_table, Delivery._meta.db_table
+    check, gate = "", ""
+    if checked:
+        p, dv, u, ik = Participant._meta.db_table, Device._meta.db_table, get_user_model()._meta.db_table, IdentityKey._meta.db_table
+        check = (
+            "given AS (SELECT * FROM unnest(%(fc)s::bigint[], %(fu)s::bigint[], %(fn)s::text[], %(fd)s::bigint[], %(fi)s::bigint[])), "
+            f"found AS MATERIALIZED (SELECT p.conversation_id::bigint, p.user_id::bigint, u.username::text, d.id::bigint, d.device_id::bigint FROM {p} p "
+            f"JOIN {u} u ON u.id = p.user_id LEFT JOIN LATERAL (SELECT d.id, d.device_id FROM {dv} d WHERE d.user_id = p.user_id "
+            f"AND d.revoked_at IS NULL AND EXISTS (SELECT 1 FROM {ik} ik WHERE ik.device_id = d.id)) d ON true WHERE p.conversation_id = ANY(%(pks)s::bigint[])), "
+            "checked AS MATERIALIZED (SELECT NOT EXISTS ((SELECT * FROM given EXCEPT SELECT * FROM found) UNION ALL (SELECT * FROM found EXCEPT SELECT * FROM given)) "
+            f"AND NOT EXISTS (SELECT 1 FROM {m} WHERE sender_device_id = ANY(%(d)s::bigint[]) AND client_message_id = ANY(%(k)s::uuid[])) AS ok), "
+        )
+        gate = "AND (SELECT ok FROM checked) "
     return (
-        f"WITH locked AS MATERIALIZED (SELECT id FROM {c} WHERE id = ANY(%(pks)s::bigint[]) ORDER BY id FOR UPDATE), "
+        f"WITH {check}locked AS MATERIALIZED (SELECT id FROM {c} WHERE id = ANY(%(pks)s::bigint[]) ORDER BY id FOR UPDATE), "
         f"taken AS (UPDATE {c} AS c SET last_seq = c.last_seq + v.k, last_activity_at = %(now)s "
-        "FROM unnest(%(pks)s::bigint[], %(ks)s::bigint[]) AS v(id, k) WHERE c.id = v.id AND c.id IN (SELECT id FROM locked) "
+        f"FROM unnest(%(pks)s::bigint[], %(ks)s::bigint[]) AS v(id, k) WHERE c.id = v.id AND c.id IN (SELECT id FROM locked) {gate}"
         "RETURNING c.id, c.last_seq - v.k AS base, NULLIF(c.disappearing_seconds, 0) AS timer), "
         f"msg AS (INSERT INTO {m} (public_id, conversation_id, seq, sender_user_id, sender_device_id, client_message_id, kind, created_at, expires_at) "
         "SELECT t.p, t.c, taken.base + t.o, t.u, t.d, t.k, t.n, %(now)s, "
@@ -936,7 +1012,7 @@ def _store_batch_sql() -> str:
     )
 
 
-def _store_batch_statement(fast: list[FastSend], now: datetime) -> tuple[str, dict[str, Any], list[str]]:
+def _store_batch_statement(fast: list[FastSend], now: datetime, facts: dict[int, tuple[Fact, ...]] | None = None) -> tuple[str, dict[str, Any], list[str]]:
     """The whole group commit as one PostgreSQL statement, so one round trip and, outside a
     transaction, its own: lock the batch's conversations in id order (two batches never deadlock), take
     k sequence numbers per conversation, insert the messages and their deliveries over unnest()
@@ -970,7 +1046,17 @@ def _store_batch_statement(fast: list[FastSend], now: datetime) -> tuple[str, di
         "dd": _pg_array(d_device),
         "dc": _pg_bytea_array(d_ciphertext),
     }
-    return _store_batch_sql(), params, public_ids
+    if facts is None:
+        return _store_batch_sql(), params, public_ids
+    given = [(pk, *fact) for pk in pks for fact in facts[pk]]
+    params.update(
+        fc=_pg_array([row[0] for row in given]),
+        fu=_pg_array([row[1] for row in given]),
+        fn=_pg_text_array([row[2] for row in given]),
+        fd=_pg_array([row[3] for row in given]),
+        fi=_pg_array([row[4] for row in given]),
+    )
+    return _store_batch_sql(checked=True), params, public_ids
 
 
 StoredSend = tuple[Any, int, datetime, datetime | None, list[tuple[int, int, bytes]]]  # public id, seq, created, expires, [(delivery pk, device pk, ciphertext)]
@@ -994,12 +1080,15 @@ def _store_batch_results(rows: list[tuple[Any, ...]], public_ids: list[str], fas
     return out
 
 
-def _store_batch_postgresql(fast: list[FastSend], now: datetime) -> list[StoredSend]:
-    sql, params, public_ids = _store_batch_statement(fast, now)
+def _store_batch_postgresql(fast: list[FastSend], now: datetime, facts: dict[int, tuple[Fact, ...]] | None = None) -> list[StoredSend] | None:
+    """→ what was stored; None if the facts given were not the database's (nothing stored)."""
+    sql, params, public_ids = _store_batch_statement(fast, now, facts)
     # Inside an outer transaction (a test's) a savepoint keeps a constraint error recoverable.
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), _bound_cursor(sql) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
+    if not rows:  # a stored batch returns a row for every message
+        return None
     return _store_batch_results(rows, public_ids, fast, now)
 
 
@@ -1042,10 +1131,14 @@ def _store_batch_portable(fast: list[FastSend], now: datetime) -> list[StoredSen
     ]
 
 
-def _store_batch(fast: list[FastSend]) -> None:
+def _store_batch(fast: list[FastSend], facts: dict[int, tuple[Fact, ...]] | None = None) -> bool:
+    """Store and answer; False if `facts` (PostgreSQL) were no longer true: nothing stored."""
     now = timezone.now()
-    store = _store_batch_postgresql if connection.vendor == "postgresql" else _store_batch_portable
-    _batch_answer(fast, store(fast, now))
+    stored = _store_batch_postgresql(fast, now, facts) if connection.vendor == "postgresql" else _store_batch_portable(fast, now)
+    if stored is None:
+        return False
+    _batch_answer(fast, stored)
+    return True
 
 
 def _batch_answer(fast: list[FastSend], stored: list[StoredSend]) -> None:

@@ -163,12 +163,13 @@ def test_a_batch_expects_exactly_each_members_current_devices(api, alice, bob, e
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's; SQLite stores through the ORM")
 def test_the_group_commit_is_planned_once_per_connection_and_answers_the_same_every_time(api, alice, bob):
-    """The group commit's two statements are prepared on the connection the first time and
-    reused after (planning them for every batch of one or two envelopes was most of
-    PostgreSQL's CPU); the reused statements still number and store correctly, and the
-    acknowledgements still land. The acknowledgement is planned on each call (its table grows),
-    and Django's own queries are never prepared (client-side binding), so only these two named
-    statements live on a connection."""
+    """The group commit's statements (the look-up, the store, and the store that checks what
+    was last looked up) are prepared on the connection the first time and reused after
+    (planning them for every batch of one or two envelopes was most of PostgreSQL's CPU); the
+    reused statements still number and store correctly, and the acknowledgements still land.
+    The acknowledgement is planned on each call (its table grows), and Django's own queries are
+    never prepared (client-side binding), so only these three named statements live on a
+    connection."""
     chat = open_direct(api, alice, bob)
     answers = []
     for _ in range(3):
@@ -184,7 +185,53 @@ def test_the_group_commit_is_planned_once_per_connection_and_answers_the_same_ev
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
         prepared = [row[0] for row in cursor.fetchall()]
-    hot = {services._batch_lookup_sql(), services._store_batch_sql()}
-    assert len(prepared) == 2, prepared  # each once, not once per batch
-    # the group commit's two, told apart by their text up to the first parameter ($n in PostgreSQL's copy)
+    hot = {services._batch_lookup_sql(), services._store_batch_sql(), services._store_batch_sql(checked=True)}
+    assert len(prepared) == 3, prepared  # each once, not once per batch
+    # the group commit's three, told apart by their text up to the first parameter ($n in PostgreSQL's copy)
     assert sorted(statement.split("$")[0] for statement in prepared) == sorted(sql.split("%")[0] for sql in hot), prepared
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="only PostgreSQL's group commit skips the look-up for known conversations")
+def test_a_conversation_known_from_an_earlier_batch_is_checked_again_in_the_statement_that_stores(api, alice, bob, eve, monkeypatch):
+    """A batch whose conversations were looked up before skips the look-up, and its store checks
+    that the members and devices are still those: a device linked, a member removed, or a
+    repeat since then stores nothing and the batch is looked up again, so every send is
+    answered exactly as with a fresh look-up and no sequence number is lost."""
+    chat = open_direct(api, alice, bob)
+    group = open_group(api, alice, bob, eve)
+    lookups = []
+    real = services._batch_lookups
+    monkeypatch.setattr(services, "_batch_lookups", lambda items: lookups.append(len(items)) or real(items))
+
+    services.messages_send_batch(items=[item(alice, chat, bob), item(alice, group, bob, eve)])
+    known = [item(bob, chat, alice), item(alice, group, bob, eve)]
+    services.messages_send_batch(items=known)
+    assert lookups == [2]  # the second batch was not looked up
+    assert [s.answer["seq"] for s in known] == [2, 2] and all(s.error is None for s in known)
+
+    laptop = bob.link_device(api, "laptop")  # bob's devices changed since the last look-up
+    old_cover = item(alice, chat, bob)
+    services.messages_send_batch(items=[old_cover])
+    assert lookups == [2, 1]  # the check failed, the batch was looked up again
+    assert old_cover.answer is None and isinstance(old_cover.error, EnigmoError)  # bob's laptop is not covered
+    both = services.BatchSend(
+        sender_device=device(alice),
+        conversation_id=chat,
+        client_message_id=uuid.uuid4(),
+        recipients=[services.RecipientInput(user_id=bob.username, device_id=d, ciphertext=b"opaque") for d in (bob.device.device_id, laptop.device_id)],
+    )
+    services.messages_send_batch(items=[both])
+    assert both.error is None and both.answer["seq"] == 3 and len(both.pushes) == 2
+
+    assert api.delete(f"/api/v1/conversations/{group}/members/{eve.username}", token=alice.token)[0] == 204
+    to_eve, from_eve = item(alice, group, bob, eve), item(eve, group, alice, bob)
+    services.messages_send_batch(items=[to_eve, from_eve])
+    assert to_eve.answer is None and isinstance(to_eve.error, EnigmoError)  # eve is no longer a member
+    assert from_eve.answer is None and isinstance(from_eve.error, EnigmoError) and from_eve.error.code == "not_found"
+
+    repeat = item(alice, group, bob, client_message_id=known[1].client_message_id)
+    services.messages_send_batch(items=[repeat])
+    assert repeat.error is None and repeat.answer == known[1].answer  # a repeat: the first answer again
+
+    assert Conversation.objects.get(public_id=chat).last_seq == 3 == Message.objects.filter(conversation__public_id=chat).count()
+    assert Conversation.objects.get(public_id=group).last_seq == 2 == Message.objects.filter(conversation__public_id=group).count()
