@@ -778,14 +778,23 @@ def _batch_lookups(items: list[BatchSend]) -> Lookups:
     return members, devices, seen
 
 
+def _members_devices_sql() -> str:
+    """For each participant row `p`: its user `u` and each of that user's current devices `d`
+    (not revoked, with an identity key; NULL columns when there is none). The one definition
+    the look-up and the checked store share: the check compares against what the look-up found."""
+    u, d, ik = get_user_model()._meta.db_table, Device._meta.db_table, IdentityKey._meta.db_table
+    return (
+        f"JOIN {u} u ON u.id = p.user_id LEFT JOIN LATERAL (SELECT d.id, d.device_id FROM {d} d WHERE d.user_id = p.user_id "
+        f"AND d.revoked_at IS NULL AND EXISTS (SELECT 1 FROM {ik} ik WHERE ik.device_id = d.id)) d ON true"
+    )
+
+
 @functools.cache
 def _batch_lookup_sql() -> str:
-    c, p, d, m = Conversation._meta.db_table, Participant._meta.db_table, Device._meta.db_table, Message._meta.db_table
-    u, ik = get_user_model()._meta.db_table, IdentityKey._meta.db_table
+    c, p, m = Conversation._meta.db_table, Participant._meta.db_table, Message._meta.db_table
     return (
         f"SELECT c.public_id, c.id, p.user_id, d.id, u.username, d.device_id, NULL::uuid FROM {c} c JOIN {p} p ON p.conversation_id = c.id "
-        f"JOIN {u} u ON u.id = p.user_id LEFT JOIN LATERAL (SELECT d.id, d.device_id FROM {d} d WHERE d.user_id = p.user_id "
-        f"AND d.revoked_at IS NULL AND EXISTS (SELECT 1 FROM {ik} ik WHERE ik.device_id = d.id)) d ON true WHERE c.public_id = ANY(%s::uuid[]) "
+        f"{_members_devices_sql()} WHERE c.public_id = ANY(%s::uuid[]) "
         f"UNION ALL SELECT NULL, NULL, NULL, sender_device_id, NULL, NULL, client_message_id FROM {m} "
         "WHERE sender_device_id = ANY(%s::bigint[]) AND client_message_id = ANY(%s::uuid[])"
     )
@@ -836,9 +845,9 @@ KNOWN_MAX = 10_000  # conversations; past it the memory starts again
 def _remember(found: dict[Any, list[Fact]], members: dict[Any, tuple[int, set[int]]], devices: dict[int, list[tuple[int, str, int]]]) -> None:
     if len(_known) + len(found) > KNOWN_MAX:
         _known.clear()
-    for public_id, facts in found.items():
+    for public_id, facts in found.items():  # kept as built: nothing changes them after the look-up
         conv_pk, users = members[public_id]
-        _known[public_id] = (conv_pk, set(users), list(devices.get(conv_pk, ())), tuple(facts))
+        _known[public_id] = (conv_pk, users, devices.get(conv_pk, []), tuple(facts))
 
 
 def _forget(fast: list[FastSend]) -> None:
@@ -985,12 +994,10 @@ def _store_batch_sql(checked: bool = False) -> str:
     c, m, d = Conversation._meta.db_table, Message._meta.db_table, Delivery._meta.db_table
     check, gate = "", ""
     if checked:
-        p, dv, u, ik = Participant._meta.db_table, Device._meta.db_table, get_user_model()._meta.db_table, IdentityKey._meta.db_table
         check = (
             "given AS (SELECT * FROM unnest(%(fc)s::bigint[], %(fu)s::bigint[], %(fn)s::text[], %(fd)s::bigint[], %(fi)s::bigint[])), "
-            f"found AS MATERIALIZED (SELECT p.conversation_id::bigint, p.user_id::bigint, u.username::text, d.id::bigint, d.device_id::bigint FROM {p} p "
-            f"JOIN {u} u ON u.id = p.user_id LEFT JOIN LATERAL (SELECT d.id, d.device_id FROM {dv} d WHERE d.user_id = p.user_id "
-            f"AND d.revoked_at IS NULL AND EXISTS (SELECT 1 FROM {ik} ik WHERE ik.device_id = d.id)) d ON true WHERE p.conversation_id = ANY(%(pks)s::bigint[])), "
+            "found AS MATERIALIZED (SELECT p.conversation_id::bigint, p.user_id::bigint, u.username::text, d.id::bigint, d.device_id::bigint "
+            f"FROM {Participant._meta.db_table} p {_members_devices_sql()} WHERE p.conversation_id = ANY(%(pks)s::bigint[])), "
             "checked AS MATERIALIZED (SELECT NOT EXISTS ((SELECT * FROM given EXCEPT SELECT * FROM found) UNION ALL (SELECT * FROM found EXCEPT SELECT * FROM given)) "
             f"AND NOT EXISTS (SELECT 1 FROM {m} WHERE sender_device_id = ANY(%(d)s::bigint[]) AND client_message_id = ANY(%(k)s::uuid[])) AS ok), "
         )
@@ -1087,7 +1094,7 @@ def _store_batch_postgresql(fast: list[FastSend], now: datetime, facts: dict[int
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), _bound_cursor(sql) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    if not rows:  # a stored batch returns a row for every message
+    if facts is not None and not rows:  # the check failed (a stored batch returns a row per message)
         return None
     return _store_batch_results(rows, public_ids, fast, now)
 

@@ -140,18 +140,18 @@ def test_a_message_one_tab_could_not_send_is_sent_by_the_other_and_both_tabs_sho
 
     posts = []
 
+    def is_send(request):
+        return request.method == "POST" and request.url.rstrip("/").endswith("/messages")
+
     def cut(route):
-        if route.request.method == "POST" and route.request.url.rstrip("/").endswith("/messages"):
+        if is_send(route.request):
             posts.append(route.request.url)
             route.abort()
         else:
             route.continue_()
 
     def hold(route):  # tab 2 cannot send either until tab 1's bubble is seen pending
-        if route.request.method == "POST" and route.request.url.rstrip("/").endswith("/messages"):
-            route.abort()
-        else:
-            route.continue_()
+        route.abort() if is_send(route.request) else route.continue_()
 
     alice.page.route("**/api/**", cut)
     tab2.route("**/api/**", hold)
