@@ -235,3 +235,28 @@ def test_a_conversation_known_from_an_earlier_batch_is_checked_again_in_the_stat
 
     assert Conversation.objects.get(public_id=chat).last_seq == 3 == Message.objects.filter(conversation__public_id=chat).count()
     assert Conversation.objects.get(public_id=group).last_seq == 2 == Message.objects.filter(conversation__public_id=group).count()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="only PostgreSQL's group commit skips the look-up for known conversations")
+def test_a_client_message_id_is_a_repeat_only_for_the_device_that_sent_it(api, alice, bob, monkeypatch):
+    """Client message ids are each device's own: alice sending the id bob used, and bob the one
+    alice used, are two new messages, stored by the checked statement in one go (the repeat
+    check matches sender and id as a pair, not each against the whole batch's), while alice's
+    own id again is a repeat, answered with her first message."""
+    chat = open_direct(api, alice, bob)
+    first = [item(alice, chat, bob), item(bob, chat, alice)]
+    services.messages_send_batch(items=first)
+    lookups = []
+    real = services._batch_lookups
+    monkeypatch.setattr(services, "_batch_lookups", lambda items: lookups.append(len(items)) or real(items))
+
+    crossed = [item(alice, chat, bob, client_message_id=first[1].client_message_id), item(bob, chat, alice, client_message_id=first[0].client_message_id)]
+    services.messages_send_batch(items=crossed)
+
+    assert lookups == []  # the check passed: nothing in the batch repeats its own sender's id
+    assert all(s.error is None for s in crossed) and sorted(s.answer["seq"] for s in crossed) == [3, 4]
+    assert {s.answer["id"] for s in crossed}.isdisjoint(s.answer["id"] for s in first)
+    again = item(alice, chat, bob, client_message_id=first[0].client_message_id)
+    services.messages_send_batch(items=[again])
+    assert again.error is None and again.answer == first[0].answer
+    assert Conversation.objects.get(public_id=chat).last_seq == 4 == Message.objects.filter(conversation__public_id=chat).count()
