@@ -24,7 +24,9 @@ class Conversation(models.Model):
     direct_key = models.CharField(max_length=64, unique=True, null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
-    last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # not indexed: the group commit updates it with last_seq on every batch, and without an index
+    # on it that update is HOT (no index entries written); lists reach it through Participant
+    last_activity_at = models.DateTimeField(auto_now_add=True)
     last_seq = models.BigIntegerField(default=0)
     disappearing_seconds = models.PositiveIntegerField(null=True, blank=True)
     encrypted_meta = models.BinaryField(null=True, blank=True)
@@ -64,22 +66,30 @@ class Message(models.Model):
         CONTROL = "control", "Control"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # Every index is written on every insert, so none is kept twice: message_seq_unique leads with
+    # the conversation and message_idempotency with the sender device, and the optional references
+    # are indexed only where set (measured: 10 index entries per message before, 5 after).
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False)
     seq = models.BigIntegerField()
     sender_user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
-    sender_device = models.ForeignKey(Device, on_delete=models.SET_NULL, null=True, related_name="+")
+    sender_device = models.ForeignKey(Device, on_delete=models.SET_NULL, null=True, related_name="+", db_index=False)
     client_message_id = models.UUIDField()
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.MESSAGE)
-    reply_to = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    reaction_to = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    reply_to = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False)
+    reaction_to = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_index=False)
     created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["conversation", "seq"], name="message_seq_unique"),
             models.UniqueConstraint(fields=["sender_device", "client_message_id"], name="message_idempotency"),
+        ]
+        indexes = [
+            models.Index(fields=["reply_to"], condition=models.Q(reply_to__isnull=False), name="message_reply_to_set"),
+            models.Index(fields=["reaction_to"], condition=models.Q(reaction_to__isnull=False), name="message_reaction_to_set"),
+            models.Index(fields=["expires_at"], condition=models.Q(expires_at__isnull=False), name="message_expires_at_set"),
         ]
 
     def __str__(self) -> str:
@@ -90,8 +100,9 @@ class Delivery(models.Model):
     """One recipient device's ciphertext of a message, and its receipts. Acknowledged rows lose
     their ciphertext; undelivered rows expire after 30 days."""
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="deliveries")
+    # indexed through delivery_unique (message, device) and the (device, delivered_at, id) index
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     ciphertext = models.BinaryField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
