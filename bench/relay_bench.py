@@ -62,6 +62,29 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL process on this machine, by pid (its backends and its
+    writers): the database shares the two cores with the server and the driver."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.index("(") + 1 : stat.rindex(")")].startswith("postgres"):
+                out[int(entry.name)] = proc_cpu_seconds(int(entry.name))
+    return out
+
+
+def postgres_cpu_since(before: dict[int, float], database_url: str) -> float | None:
+    """What PostgreSQL used since `before` (processes that exited meanwhile are not counted:
+    measured while the servers still hold their connections); None on SQLite."""
+    if not database_url.startswith(("postgres://", "postgresql://")):
+        return None
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in postgres_cpu().items())
+
+
 def own_cpu_seconds() -> float:
     """This driver's CPU: near 100 % of its core, the driver and not the server is the limit."""
     usage = os.times()
@@ -244,13 +267,13 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
                     print("error:", reply, file=sys.stderr)
 
         await asyncio.to_thread(settle_database, servers.list[0].database_url)
-        cpu0, t0, own0 = servers.cpu(), time.perf_counter(), own_cpu_seconds()
+        cpu0, t0, own0, pg0 = servers.cpu(), time.perf_counter(), own_cpu_seconds(), postgres_cpu()
         await asyncio.gather(*(sender(d, chat, to) for d, (_, _, chat, _, to) in zip(senders, cast, strict=True)))
         deadline = time.monotonic() + args.drain_seconds
         while sum(len(r.seen) for r in receivers) < expected and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         last = max((max(r.seen.values(), default=t0) for r in receivers), default=t0)
-        wall, cpu = last - t0, servers.cpu() - cpu0
+        wall, cpu, pg_cpu = last - t0, servers.cpu() - cpu0, postgres_cpu_since(pg0, servers.list[0].database_url)
         driver_cpu = (own_cpu_seconds() - own0) / max(time.perf_counter() - t0, 1e-9)
         received = set().union(*(r.seen for r in receivers))
         latencies = [x for r in receivers for x in r.latencies]
@@ -263,6 +286,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
         "p50_ms": 1000 * pct(latencies, 0.5),
         "p99_ms": 1000 * pct(latencies, 0.99),
         "cpu_us_per_msg": 1e6 * cpu / n if n else float("nan"),
+        "pg_cpu_us_per_msg": 1e6 * pg_cpu / n if n and pg_cpu is not None else None,
         "rss_kb_per_conn": rss_per_conn / conns,
         "peak_rss_mib": peak_rss_kb / 1024,
         "driver_cpu_pct": 100 * driver_cpu,
@@ -285,7 +309,7 @@ async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         print("  sending (the open loop starts here: profile the server from now)", flush=True)
         stored: set[str] = set()
         start = time.perf_counter() + 0.2
-        cpu0 = servers.cpu()
+        cpu0, pg0 = servers.cpu(), postgres_cpu()
 
         async def drain_replies(device: Device, count: int) -> None:
             for _ in range(count):
@@ -307,7 +331,7 @@ async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         deadline = time.monotonic() + args.drain_seconds
         while sum(len(r.seen) for r in receivers) < total and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        cpu = servers.cpu() - cpu0
+        cpu, pg_cpu = servers.cpu() - cpu0, postgres_cpu_since(pg0, server.database_url)
         received = set().union(*(r.seen for r in receivers))
         latencies = [x for r in receivers for x in r.latencies]
         for device in receivers + senders:
@@ -317,6 +341,7 @@ async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         "p50_ms": 1000 * pct(latencies, 0.5),
         "p99_ms": 1000 * pct(latencies, 0.99),
         "cpu_us_per_msg": 1e6 * cpu / max(1, len(received)),
+        "pg_cpu_us_per_msg": 1e6 * pg_cpu / max(1, len(received)) if pg_cpu is not None else None,
         "stored": len(stored),
         "delivered": len(received),
         "lost": len(stored - received),
@@ -519,6 +544,8 @@ def table(results: list[dict[str, Any]]) -> str:
             else f"peak RSS {row['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in row
             else ""
         )
+        if isinstance(row.get("pg_cpu_us_per_msg"), int | float):
+            other = f"{other}{', ' if other else ''}PostgreSQL {row['pg_cpu_us_per_msg']:.0f} µs/msg"
         lines.append(
             f"| {row['config']} | {row.get('conns', '')} | {f(row, 'msgs_per_s', '.0f')} | {f(row, 'ratio_to_raw', '.3f')} | {f(row, 'p50_ms', '.1f')} | "
             f"{f(row, 'p99_ms', '.1f')} | {f(row, 'cpu_us_per_msg', '.0f')} | {f(row, 'rss_kb_per_conn', '.1f')} | {other} | {f(row, 'lost', 'd') if isinstance(row.get('lost'), int) else row.get('lost', '—')} |"
