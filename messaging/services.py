@@ -770,12 +770,24 @@ def _batch_lookups(items: list[BatchSend]) -> Lookups:
         user__participations__conversation_id__in=[pk for pk, _ in members.values()], revoked_at__isnull=True, identity_key__isnull=False
     ).values_list("user__participations__conversation_id", "pk", "user__username", "device_id"):
         devices.setdefault(conv_pk, []).append((pk, username, did))
-    seen = set(
-        Message.objects.filter(sender_device_id__in={i.sender_device.pk for i in items}, client_message_id__in={i.client_message_id for i in items}).values_list(
-            "sender_device_id", "client_message_id"
-        )
-    )
-    return members, devices, seen
+    return members, devices, _stored_repeats(items)
+
+
+def _stored_repeats(items: list[BatchSend]) -> set[tuple[int, Any]]:
+    """The portable form of _repeats_sql: the (sender device pk, client message id) pairs of
+    `items` already stored, each device asked only for its own ids (the two sets asked
+    separately probe every combination, as on PostgreSQL), at most 200 devices a query."""
+    ids: dict[int, set[Any]] = {}
+    for item in items:
+        ids.setdefault(item.sender_device.pk, set()).add(item.client_message_id)
+    senders = list(ids)
+    seen: set[tuple[int, Any]] = set()
+    for start in range(0, len(senders), 200):
+        pairs = Q()
+        for pk in senders[start : start + 200]:
+            pairs |= Q(sender_device_id=pk, client_message_id__in=ids[pk])
+        seen.update(Message.objects.filter(pairs).values_list("sender_device_id", "client_message_id"))
+    return seen
 
 
 def _members_devices_sql() -> str:

@@ -260,3 +260,26 @@ def test_a_client_message_id_is_a_repeat_only_for_the_device_that_sent_it(api, a
     services.messages_send_batch(items=[again])
     assert again.error is None and again.answer == first[0].answer
     assert Conversation.objects.get(public_id=chat).last_seq == 4 == Message.objects.filter(conversation__public_id=chat).count()
+
+
+def test_a_fresh_batch_tells_each_devices_repeats_from_another_devices_ids(api, alice, bob):
+    """On both profiles, in a batch that takes the look-up (PostgreSQL's statement, the ORM on
+    SQLite): alice reusing bob's client message id and bob alice's are new messages, while
+    alice's own id again is a repeat, answered with her first message."""
+    chat = open_direct(api, alice, bob)
+    first = [item(alice, chat, bob), item(bob, chat, alice)]
+    services.messages_send_batch(items=first)
+    services._known.clear()  # the next batch is looked up
+
+    batch = [
+        item(alice, chat, bob, client_message_id=first[1].client_message_id),
+        item(bob, chat, alice, client_message_id=first[0].client_message_id),
+        item(alice, chat, bob, client_message_id=first[0].client_message_id),
+    ]
+    services.messages_send_batch(items=batch)
+
+    crossed, again = batch[:2], batch[2]
+    assert all(s.error is None for s in batch)
+    assert sorted(s.answer["seq"] for s in crossed) == [3, 4]
+    assert again.answer == first[0].answer
+    assert Conversation.objects.get(public_id=chat).last_seq == 4 == Message.objects.filter(conversation__public_id=chat).count()
