@@ -28,6 +28,10 @@ class Conversation(models.Model):
     # on it that update is HOT (no index entries written); lists reach it through Participant
     last_activity_at = models.DateTimeField(auto_now_add=True)
     last_seq = models.BigIntegerField(default=0)
+    # Raised by PostgreSQL triggers (migration 0004) whenever a participant, a member's device
+    # or its identity key, or a member's username changes: the group commit's store checks this
+    # one number instead of its members and devices (services._known). Unused on SQLite.
+    roster_version = models.BigIntegerField(default=0, editable=False)
     disappearing_seconds = models.PositiveIntegerField(null=True, blank=True)
     encrypted_meta = models.BinaryField(null=True, blank=True)
 

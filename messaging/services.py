@@ -792,8 +792,8 @@ def _stored_repeats(items: list[BatchSend]) -> set[tuple[int, Any]]:
 
 def _members_devices_sql() -> str:
     """For each participant row `p`: its user `u` and each of that user's current devices `d`
-    (not revoked, with an identity key; NULL columns when there is none). The one definition
-    the look-up and the checked store share: the check compares against what the look-up found."""
+    (not revoked, with an identity key; NULL columns when there is none). The roster triggers
+    (migration 0004) raise a conversation's roster_version when any row read here changes."""
     u, d, ik = get_user_model()._meta.db_table, Device._meta.db_table, IdentityKey._meta.db_table
     return (
         f"JOIN {u} u ON u.id = p.user_id LEFT JOIN LATERAL (SELECT d.id, d.device_id FROM {d} d WHERE d.user_id = p.user_id "
@@ -805,9 +805,9 @@ def _members_devices_sql() -> str:
 def _batch_lookup_sql() -> str:
     c, p = Conversation._meta.db_table, Participant._meta.db_table
     return (
-        f"SELECT c.public_id, c.id, p.user_id, d.id, u.username, d.device_id, NULL::uuid FROM {c} c JOIN {p} p ON p.conversation_id = c.id "
+        f"SELECT c.public_id, c.id, p.user_id, d.id, u.username, d.device_id, NULL::uuid, c.roster_version FROM {c} c JOIN {p} p ON p.conversation_id = c.id "
         f"{_members_devices_sql()} WHERE c.public_id = ANY(%s::uuid[]) "
-        f"UNION ALL SELECT NULL, NULL, NULL, m.sender_device_id, NULL, NULL, m.client_message_id FROM {_repeats_sql('%s', '%s')}"
+        f"UNION ALL SELECT NULL, NULL, NULL, m.sender_device_id, NULL, NULL, m.client_message_id, NULL FROM {_repeats_sql('%s', '%s')}"
     )
 
 
@@ -822,7 +822,8 @@ def _repeats_sql(devices: str, keys: str) -> str:
 def _batch_lookup_statement(items: list[BatchSend]) -> tuple[str, list[Any]]:
     """_batch_lookups on PostgreSQL as one statement, no ORM query compiled per batch: the
     members with their active devices (a member without one comes back once, with NULL device
-    columns), then the repeats (rows with a NULL conversation)."""
+    columns) and the conversation's roster version, then the repeats (rows with a NULL
+    conversation)."""
     public_ids = list({_uuid(i.conversation_id) for i in items} - {None})
     return _batch_lookup_sql(), [_pg_array(public_ids), _pg_array([i.sender_device.pk for i in items]), _pg_array([i.client_message_id for i in items])]
 
@@ -831,16 +832,16 @@ def _batch_lookup_results(rows: list[tuple[Any, ...]]) -> Lookups:
     members: dict[Any, tuple[int, set[int]]] = {}
     devices: dict[int, list[tuple[int, str, int]]] = {}
     seen: set[tuple[int, Any]] = set()
-    found: dict[Any, list[Fact]] = {}
-    for public_id, conv_pk, user_pk, device_pk, username, device_id, client_message_id in rows:
+    versions: dict[Any, int] = {}
+    for public_id, conv_pk, user_pk, device_pk, username, device_id, client_message_id, version in rows:
         if public_id is None:
             seen.add((device_pk, client_message_id))
             continue
         members.setdefault(public_id, (conv_pk, set()))[1].add(user_pk)
-        found.setdefault(public_id, []).append((user_pk, username, device_pk, device_id))
+        versions[public_id] = version
         if device_pk is not None:
             devices.setdefault(conv_pk, []).append((device_pk, username, device_id))
-    _remember(found, members, devices)
+    _remember(versions, members, devices)
     return members, devices, seen
 
 
@@ -848,25 +849,28 @@ def _batch_lookup_results(rows: list[tuple[Any, ...]]) -> Lookups:
 #
 # The look-up is a round trip, a statement and a hand-back per batch, and what it reads (members
 # and their current devices) rarely changes. The process keeps what it last found, per
-# conversation, and a batch of known conversations skips the look-up: it is partitioned against
-# what was found, and its store statement checks, in the same statement and snapshot, that the
-# members and devices are still exactly those and that no send in it is a repeat. If anything
-# differs nothing is stored (no sequence number taken), the conversation is forgotten, and the
-# batch takes the look-up as before. What is kept is never trusted, only checked.
+# conversation, with the conversation's roster version read in the same snapshot, and a batch of
+# known conversations skips the look-up: it is partitioned against what was found, and its store
+# statement checks, under the conversations' row locks, that each roster version is still the
+# one found and that no send in it is a repeat. The roster triggers (migration 0004) raise the
+# version on any change to a participant, a member's device, its identity key or a username, in
+# the transaction that makes it. If anything differs nothing is stored (no sequence number
+# taken), the conversation is forgotten, and the batch takes the look-up as before. What is kept
+# is never trusted, only checked. (Checking the members and devices themselves, row by row, was
+# about 40 % of the store's time in PostgreSQL, most of it planning; measured.)
 
-Fact = tuple[int, str, int | None, int | None]  # member user pk, username, device pk, device id (None: no current device)
-Known = tuple[int, set[int], list[tuple[int, str, int]], tuple[Fact, ...]]  # conversation pk, members, devices, the facts
+Known = tuple[int, set[int], list[tuple[int, str, int]], int]  # conversation pk, members, devices, roster version
 
 _known: dict[Any, Known] = {}
 KNOWN_MAX = 10_000  # conversations; past it the memory starts again
 
 
-def _remember(found: dict[Any, list[Fact]], members: dict[Any, tuple[int, set[int]]], devices: dict[int, list[tuple[int, str, int]]]) -> None:
-    if len(_known) + len(found) > KNOWN_MAX:
+def _remember(versions: dict[Any, int], members: dict[Any, tuple[int, set[int]]], devices: dict[int, list[tuple[int, str, int]]]) -> None:
+    if len(_known) + len(versions) > KNOWN_MAX:
         _known.clear()
-    for public_id, facts in found.items():  # kept as built: nothing changes them after the look-up
+    for public_id, version in versions.items():  # kept as built: nothing changes them after the look-up
         conv_pk, users = members[public_id]
-        _known[public_id] = (conv_pk, users, devices.get(conv_pk, []), tuple(facts))
+        _known[public_id] = (conv_pk, users, devices.get(conv_pk, []), version)
 
 
 def _forget(fast: list[FastSend]) -> None:
@@ -874,20 +878,20 @@ def _forget(fast: list[FastSend]) -> None:
         _known.pop(_uuid(item.conversation_id), None)
 
 
-def _known_lookups(items: list[BatchSend]) -> tuple[Lookups, dict[int, tuple[Fact, ...]]] | None:
+def _known_lookups(items: list[BatchSend]) -> tuple[Lookups, dict[int, int]] | None:
     """_batch_lookups from what was last found, when every conversation of the batch is known;
-    → (look-ups, conversation pk → the facts the store must check), else None."""
+    → (look-ups, conversation pk → the roster version the store must check), else None."""
     members: dict[Any, tuple[int, set[int]]] = {}
     devices: dict[int, list[tuple[int, str, int]]] = {}
-    facts: dict[int, tuple[Fact, ...]] = {}
+    versions: dict[int, int] = {}
     for item in items:
         public_id = _uuid(item.conversation_id)
         known = _known.get(public_id)
         if known is None:
             return None
-        conv_pk, users, conv_devices, facts[conv_pk] = known
+        conv_pk, users, conv_devices, versions[conv_pk] = known
         members[public_id], devices[conv_pk] = (conv_pk, users), conv_devices
-    return (members, devices, set()), facts
+    return (members, devices, set()), versions
 
 
 FastSend = tuple[BatchSend, int, dict[tuple[str, int], int]]  # (item, conversation pk, (user id, device id) → device pk)
@@ -946,11 +950,11 @@ def messages_send_batch(*, items: list[BatchSend]) -> None:
     (or error) only after the commit. Anything unusual — a repeat, a mismatch, a constraint
     race — goes through message_send on its own, which answers exactly as before."""
     known = _known_lookups(items) if connection.vendor == "postgresql" else None
-    lookups, facts = known if known is not None else (_batch_lookups(items), None)
+    lookups, versions = known if known is not None else (_batch_lookups(items), None)
     fast, slow = _batch_partition(items, *lookups)
     if fast:
         try:
-            if not _store_batch(fast, facts):
+            if not _store_batch(fast, versions):
                 # A member or a device changed since the conversation was last looked up, or a
                 # send repeats a stored one: nothing was stored. Look it up and store as usual.
                 _forget(fast)
@@ -1007,22 +1011,21 @@ def _bound_cursor(sql: str) -> Iterator[Any]:
 
 @functools.cache
 def _store_batch_sql(checked: bool = False) -> str:
-    """The group commit's statement; `checked`: it stores only if the members and devices it is
-    given (%(f*)s, one row per member and current device) are still exactly those of the
-    batch's conversations and no send in it repeats a stored one (see _known)."""
+    """The group commit's statement; `checked`: it stores only if the batch's conversations all
+    still exist with the roster versions given (%(rv)s, in the order of %(pks)s; read from the
+    locked rows, so a change committed meanwhile is seen) and no send in it repeats a stored one
+    (see _known)."""
     c, m, d = Conversation._meta.db_table, Message._meta.db_table, Delivery._meta.db_table
     check, gate = "", ""
     if checked:
         check = (
-            "given AS (SELECT * FROM unnest(%(fc)s::bigint[], %(fu)s::bigint[], %(fn)s::text[], %(fd)s::bigint[], %(fi)s::bigint[])), "
-            "found AS MATERIALIZED (SELECT p.conversation_id::bigint, p.user_id::bigint, u.username::text, d.id::bigint, d.device_id::bigint "
-            f"FROM {Participant._meta.db_table} p {_members_devices_sql()} WHERE p.conversation_id = ANY(%(pks)s::bigint[])), "
-            "checked AS MATERIALIZED (SELECT NOT EXISTS ((SELECT * FROM given EXCEPT SELECT * FROM found) UNION ALL (SELECT * FROM found EXCEPT SELECT * FROM given)) "
+            "checked AS MATERIALIZED (SELECT (SELECT count(*) FROM locked) = cardinality(%(pks)s::bigint[]) "
+            "AND NOT EXISTS (SELECT 1 FROM unnest(%(pks)s::bigint[], %(rv)s::bigint[]) AS g(id, v) JOIN locked l ON l.id = g.id WHERE l.roster_version <> g.v) "
             f"AND NOT EXISTS (SELECT 1 FROM {_repeats_sql('%(d)s', '%(k)s')}) AS ok), "
         )
         gate = "AND (SELECT ok FROM checked) "
     return (
-        f"WITH {check}locked AS MATERIALIZED (SELECT id FROM {c} WHERE id = ANY(%(pks)s::bigint[]) ORDER BY id FOR UPDATE), "
+        f"WITH locked AS MATERIALIZED (SELECT id, roster_version FROM {c} WHERE id = ANY(%(pks)s::bigint[]) ORDER BY id FOR UPDATE), {check}"
         f"taken AS (UPDATE {c} AS c SET last_seq = c.last_seq + v.k, last_activity_at = %(now)s "
         f"FROM unnest(%(pks)s::bigint[], %(ks)s::bigint[]) AS v(id, k) WHERE c.id = v.id AND c.id IN (SELECT id FROM locked) {gate}"
         "RETURNING c.id, c.last_seq - v.k AS base, NULLIF(c.disappearing_seconds, 0) AS timer), "
@@ -1040,7 +1043,7 @@ def _store_batch_sql(checked: bool = False) -> str:
     )
 
 
-def _store_batch_statement(fast: list[FastSend], now: datetime, facts: dict[int, tuple[Fact, ...]] | None = None) -> tuple[str, dict[str, Any], list[str]]:
+def _store_batch_statement(fast: list[FastSend], now: datetime, versions: dict[int, int] | None = None) -> tuple[str, dict[str, Any], list[str]]:
     """The whole group commit as one PostgreSQL statement, so one round trip and, outside a
     transaction, its own: lock the batch's conversations in id order (two batches never deadlock), take
     k sequence numbers per conversation, insert the messages and their deliveries over unnest()
@@ -1074,16 +1077,9 @@ def _store_batch_statement(fast: list[FastSend], now: datetime, facts: dict[int,
         "dd": _pg_array(d_device),
         "dc": _pg_bytea_array(d_ciphertext),
     }
-    if facts is None:
+    if versions is None:
         return _store_batch_sql(), params, public_ids
-    given = [(pk, *fact) for pk in pks for fact in facts[pk]]
-    params.update(
-        fc=_pg_array([row[0] for row in given]),
-        fu=_pg_array([row[1] for row in given]),
-        fn=_pg_text_array([row[2] for row in given]),
-        fd=_pg_array([row[3] for row in given]),
-        fi=_pg_array([row[4] for row in given]),
-    )
+    params["rv"] = _pg_array([versions[pk] for pk in pks])
     return _store_batch_sql(checked=True), params, public_ids
 
 
@@ -1112,14 +1108,14 @@ def _store_batch_results(rows: list[tuple[Any, ...]], public_ids: list[str], fas
     return out
 
 
-def _store_batch_postgresql(fast: list[FastSend], now: datetime, facts: dict[int, tuple[Fact, ...]] | None = None) -> list[StoredSend] | None:
-    """→ what was stored; None if the facts given were not the database's (nothing stored)."""
-    sql, params, public_ids = _store_batch_statement(fast, now, facts)
+def _store_batch_postgresql(fast: list[FastSend], now: datetime, versions: dict[int, int] | None = None) -> list[StoredSend] | None:
+    """→ what was stored; None if the roster versions given were not the database's (nothing stored)."""
+    sql, params, public_ids = _store_batch_statement(fast, now, versions)
     # Inside an outer transaction (a test's) a savepoint keeps a constraint error recoverable.
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), _bound_cursor(sql) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    if facts is not None and not rows:  # the check failed (a stored batch returns a row per message)
+    if versions is not None and not rows:  # the check failed (a stored batch returns a row per message)
         return None
     return _store_batch_results(rows, public_ids, fast, now)
 
@@ -1163,10 +1159,11 @@ def _store_batch_portable(fast: list[FastSend], now: datetime) -> list[StoredSen
     ]
 
 
-def _store_batch(fast: list[FastSend], facts: dict[int, tuple[Fact, ...]] | None = None) -> bool:
-    """Store and answer; False if `facts` (PostgreSQL) were no longer true: nothing stored."""
+def _store_batch(fast: list[FastSend], versions: dict[int, int] | None = None) -> bool:
+    """Store and answer; False if the roster `versions` (PostgreSQL) were no longer the
+    database's: nothing stored."""
     now = timezone.now()
-    stored = _store_batch_postgresql(fast, now, facts) if connection.vendor == "postgresql" else _store_batch_portable(fast, now)
+    stored = _store_batch_postgresql(fast, now, versions) if connection.vendor == "postgresql" else _store_batch_portable(fast, now)
     if stored is None:
         return False
     _batch_answer(fast, stored)

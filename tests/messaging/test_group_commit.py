@@ -9,12 +9,13 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from enigmo.errors import EnigmoError
-from keys.models import Device
+from keys.models import Device, IdentityKey
 from messaging import services
 from messaging.models import Conversation, Delivery, Message
 from tests.messaging.helpers import open_direct, open_group
@@ -235,6 +236,75 @@ def test_a_conversation_known_from_an_earlier_batch_is_checked_again_in_the_stat
 
     assert Conversation.objects.get(public_id=chat).last_seq == 3 == Message.objects.filter(conversation__public_id=chat).count()
     assert Conversation.objects.get(public_id=group).last_seq == 2 == Message.objects.filter(conversation__public_id=group).count()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the roster triggers are PostgreSQL's, as is the group commit that checks them")
+def test_every_change_to_who_a_send_must_cover_raises_the_roster_version_of_exactly_those_conversations(api, alice, bob, eve):
+    """The known-conversation check trusts one number per conversation, so every way its roster
+    can change must raise it, in the database, whatever made the change: a member added or
+    removed, a device linked, revoked (also by a queryset update, which sends no signal) or
+    deleted, an identity key removed, a username changed. Conversations the change does not
+    touch keep their version (their batches keep skipping the look-up)."""
+    chat = open_direct(api, alice, bob)
+    group = open_group(api, alice, eve)  # bob is not in it
+    User = get_user_model()
+
+    def versions():
+        return dict(Conversation.objects.filter(public_id__in=[chat, group]).values_list("public_id", "roster_version"))
+
+    def raises(change, touched):
+        before = versions()
+        change()
+        after = versions()
+        for public_id in (chat, group):
+            moved = after[uuid.UUID(public_id)] > before[uuid.UUID(public_id)]
+            assert moved == (public_id in touched), (change.__doc__, public_id == chat, before, after)
+
+    laptop = None
+
+    def link():
+        """bob links a laptop"""
+        nonlocal laptop
+        laptop = bob.link_device(api, "laptop")
+
+    def revoke_by_update():
+        """bob's laptop revoked by a queryset update"""
+        Device.objects.filter(user__username=bob.username, device_id=laptop.device_id).update(revoked_at=timezone.now())
+
+    def unkey():
+        """bob's phone loses its identity key"""
+        IdentityKey.objects.filter(device=device(bob)).delete()
+
+    def delete_device():
+        """bob's laptop deleted"""
+        Device.objects.filter(user__username=bob.username, device_id=laptop.device_id).delete()
+
+    def add_member():
+        """bob added to the group"""
+        assert api.post(f"/api/v1/conversations/{group}/members", {"add": [bob.username]}, token=alice.token)[0] == 200
+
+    def remove_member():
+        """eve removed from the group"""
+        assert api.delete(f"/api/v1/conversations/{group}/members/{eve.username}", token=alice.token)[0] == 204
+
+    def rename():
+        """alice's username changed"""
+        User.objects.filter(username=alice.username).update(username=alice.username + "x")
+
+    def touch_nothing_of_the_roster():
+        """a message sent, eve's device renamed, a conversation's timer set"""
+        services.messages_send_batch(items=[item(alice, chat, bob)])
+        Device.objects.filter(pk=device(eve).pk).update(name="renamed")
+        Conversation.objects.filter(public_id=group).update(disappearing_seconds=60)
+
+    raises(link, {chat})
+    raises(revoke_by_update, {chat})
+    raises(delete_device, {chat})
+    raises(unkey, {chat})
+    raises(add_member, {group})
+    raises(remove_member, {group})
+    raises(touch_nothing_of_the_roster, set())
+    raises(rename, {chat, group})
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="only PostgreSQL's group commit skips the look-up for known conversations")
