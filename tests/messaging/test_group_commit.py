@@ -230,12 +230,22 @@ def test_a_conversation_known_from_an_earlier_batch_is_checked_again_in_the_stat
     assert to_eve.answer is None and isinstance(to_eve.error, EnigmoError)  # eve is no longer a member
     assert from_eve.answer is None and isinstance(from_eve.error, EnigmoError) and from_eve.error.code == "not_found"
 
-    repeat = item(alice, group, bob, client_message_id=known[1].client_message_id)
-    services.messages_send_batch(items=[repeat])
-    assert repeat.error is None and repeat.answer == known[1].answer  # a repeat: the first answer again
+    def to_bob_everywhere(client_message_id=None):
+        recipients = [services.RecipientInput(user_id=bob.username, device_id=d, ciphertext=b"opaque") for d in (bob.device.device_id, laptop.device_id)]
+        return services.BatchSend(sender_device=device(alice), conversation_id=group, client_message_id=client_message_id or uuid.uuid4(), recipients=recipients)
+
+    first = to_bob_everywhere()
+    services.messages_send_batch(items=[first])
+    assert first.error is None and first.answer["seq"] == 3
+    looked_up = len(lookups)
+    repeat, fresh = to_bob_everywhere(first.client_message_id), to_bob_everywhere()
+    services.messages_send_batch(items=[repeat, fresh])
+    assert len(lookups) == looked_up + 1  # the idempotency index refused the batch, which was looked up again
+    assert repeat.error is None and repeat.answer == first.answer  # a repeat: the first answer again
+    assert fresh.error is None and fresh.answer["seq"] == 4
 
     assert Conversation.objects.get(public_id=chat).last_seq == 3 == Message.objects.filter(conversation__public_id=chat).count()
-    assert Conversation.objects.get(public_id=group).last_seq == 2 == Message.objects.filter(conversation__public_id=group).count()
+    assert Conversation.objects.get(public_id=group).last_seq == 4 == Message.objects.filter(conversation__public_id=group).count()
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the roster triggers are PostgreSQL's, as is the group commit that checks them")
@@ -310,9 +320,9 @@ def test_every_change_to_who_a_send_must_cover_raises_the_roster_version_of_exac
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="only PostgreSQL's group commit skips the look-up for known conversations")
 def test_a_client_message_id_is_a_repeat_only_for_the_device_that_sent_it(api, alice, bob, monkeypatch):
     """Client message ids are each device's own: alice sending the id bob used, and bob the one
-    alice used, are two new messages, stored by the checked statement in one go (the repeat
-    check matches sender and id as a pair, not each against the whole batch's), while alice's
-    own id again is a repeat, answered with her first message."""
+    alice used, are two new messages, stored by the checked statement in one go without a
+    look-up (the idempotency index keys sender and id as a pair), while alice's own id again is
+    a repeat, answered with her first message."""
     chat = open_direct(api, alice, bob)
     first = [item(alice, chat, bob), item(bob, chat, alice)]
     services.messages_send_batch(items=first)
