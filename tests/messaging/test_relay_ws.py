@@ -82,6 +82,23 @@ async def test_live_envelope_ack_and_no_redelivery(api, alice, bob, eve, chat):
     await eve_ws.disconnect()
 
 
+async def test_a_reconnecting_device_gets_replies_and_reactions_with_their_targets(api, alice, bob, eve, chat):
+    """The drain (not only the history API) names each envelope's sender device and the
+    message it replies or reacts to, and leaves both empty for a plain message."""
+    _, first = await asend(api, alice, chat, "question")
+    _, reply = await asend(api, alice, chat, "answer", reply_to=first["id"])
+    _, reaction = await asend(api, alice, chat, "<e2ee emoji>", kind="reaction", reaction_to=first["id"])
+    bob_ws = await connect(bob)
+    envelopes = {f["id"]: f for f in await frames_until(bob_ws, "backlog") if f["type"] == "envelope"}
+    assert list(envelopes) == [first["id"], reply["id"], reaction["id"]]
+    assert all(f["sender"] == {"user_id": "alice", "device_id": 1} for f in envelopes.values())
+    assert (envelopes[first["id"]]["reply_to"], envelopes[first["id"]]["reaction_to"]) == (None, None)
+    assert (envelopes[reply["id"]]["reply_to"], envelopes[reply["id"]]["reaction_to"]) == (first["id"], None)
+    assert envelopes[reaction["id"]]["kind"] == "reaction"
+    assert (envelopes[reaction["id"]]["reply_to"], envelopes[reaction["id"]]["reaction_to"]) == (None, first["id"])
+    await bob_ws.disconnect()
+
+
 async def test_backlog_drains_in_pages_and_unacked_comes_back(api, alice, bob, eve, chat, monkeypatch):
     """The first page is FIRST_PAGE envelopes, later ones up to PAGE_SIZE; a reconnect without
     acks gets everything again, in order; acked envelopes never come back."""
