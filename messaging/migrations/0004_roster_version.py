@@ -22,44 +22,34 @@ BEGIN
     PERFORM enigmo_roster_bump(ARRAY(SELECT conversation_id FROM {participant} WHERE user_id = ANY(users)));
 END $$;
 
-CREATE FUNCTION enigmo_roster_participant() RETURNS trigger LANGUAGE plpgsql AS $$
+-- TG_ARGV[0]: the changed row's column naming what to bump, a conversation
+-- ('conversation_id') or a user, every conversation of whom is bumped (any other column)
+CREATE FUNCTION enigmo_roster_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[] := ARRAY[]::bigint[];
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM enigmo_roster_bump(ARRAY[NEW.conversation_id]);
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM enigmo_roster_bump(ARRAY[OLD.conversation_id]);
-    ELSE
-        PERFORM enigmo_roster_bump(ARRAY[OLD.conversation_id, NEW.conversation_id]);
+    IF TG_OP <> 'INSERT' THEN
+        ids := ids || (to_jsonb(OLD) ->> TG_ARGV[0])::bigint;
     END IF;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION enigmo_roster_user_row() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM enigmo_roster_bump_users(ARRAY[NEW.user_id]);
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM enigmo_roster_bump_users(ARRAY[OLD.user_id]);
-    ELSE
-        PERFORM enigmo_roster_bump_users(ARRAY[OLD.user_id, NEW.user_id]);
+    IF TG_OP <> 'DELETE' THEN
+        ids := ids || (to_jsonb(NEW) ->> TG_ARGV[0])::bigint;
     END IF;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION enigmo_roster_username() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM enigmo_roster_bump_users(ARRAY[NEW.id]);
+    IF TG_ARGV[0] = 'conversation_id' THEN
+        PERFORM enigmo_roster_bump(ids);
+    ELSE
+        PERFORM enigmo_roster_bump_users(ids);
+    END IF;
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER enigmo_roster AFTER INSERT OR DELETE OR UPDATE OF conversation_id, user_id ON {participant}
-    FOR EACH ROW EXECUTE FUNCTION enigmo_roster_participant();
+    FOR EACH ROW EXECUTE FUNCTION enigmo_roster_changed('conversation_id');
 CREATE TRIGGER enigmo_roster AFTER INSERT OR DELETE OR UPDATE OF user_id, device_id, revoked_at ON {device}
-    FOR EACH ROW EXECUTE FUNCTION enigmo_roster_user_row();
+    FOR EACH ROW EXECUTE FUNCTION enigmo_roster_changed('user_id');
 CREATE TRIGGER enigmo_roster AFTER INSERT OR DELETE OR UPDATE OF user_id, device_id ON {identitykey}
-    FOR EACH ROW EXECUTE FUNCTION enigmo_roster_user_row();
+    FOR EACH ROW EXECUTE FUNCTION enigmo_roster_changed('user_id');
 CREATE TRIGGER enigmo_roster AFTER UPDATE OF username ON {user}
-    FOR EACH ROW WHEN (OLD.username IS DISTINCT FROM NEW.username) EXECUTE FUNCTION enigmo_roster_username();
+    FOR EACH ROW WHEN (OLD.username IS DISTINCT FROM NEW.username) EXECUTE FUNCTION enigmo_roster_changed('id');
 """
 
 DROP = """
@@ -67,8 +57,7 @@ DROP TRIGGER IF EXISTS enigmo_roster ON {participant};
 DROP TRIGGER IF EXISTS enigmo_roster ON {device};
 DROP TRIGGER IF EXISTS enigmo_roster ON {identitykey};
 DROP TRIGGER IF EXISTS enigmo_roster ON {user};
-DROP FUNCTION IF EXISTS enigmo_roster_participant(), enigmo_roster_user_row(), enigmo_roster_username(),
-    enigmo_roster_bump_users(bigint[]), enigmo_roster_bump(bigint[]);
+DROP FUNCTION IF EXISTS enigmo_roster_changed(), enigmo_roster_bump_users(bigint[]), enigmo_roster_bump(bigint[]);
 """
 
 
