@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -964,18 +964,30 @@ def messages_send_batch(*, items: list[BatchSend]) -> None:
                 versions = None
             if versions is None and fast:
                 _store_batch(fast)
-        except IntegrityError:  # a concurrent repeat of one of them: each on its own
+        except (IntegrityError, OperationalError) as exc:  # a concurrent repeat, or a deadlock: each on its own
+            if not _nothing_stored(exc):
+                raise
             slow.extend(_batch_refused(fast))
     _send_one_by_one(slow)
 
 
+def _nothing_stored(exc: Exception) -> bool:
+    """The store statement failed as a whole and can be tried another way: a repeat refused by
+    the idempotency index, or PostgreSQL breaking a deadlock or a serialization conflict (a
+    roster change by a statement that locks several conversations in its own order, as the
+    admin's bulk delete of users does, can deadlock with the group commit's id order)."""
+    return isinstance(exc, IntegrityError) or getattr(exc.__cause__, "sqlstate", None) in ("40P01", "40001")
+
+
 def _store_known(fast: list[FastSend], versions: dict[int, int]) -> bool:
     """_store_batch for conversations known from an earlier look-up; False if nothing was
-    stored because a roster changed since, or because a send repeats a stored one (the look-up
-    that follows finds which)."""
+    stored because a roster changed since, because a send repeats a stored one (the look-up
+    that follows finds which), or because PostgreSQL broke a deadlock."""
     try:
         return _store_batch(fast, versions)
-    except IntegrityError:
+    except (IntegrityError, OperationalError) as exc:
+        if not _nothing_stored(exc):
+            raise
         return False
 
 

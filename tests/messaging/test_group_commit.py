@@ -248,6 +248,42 @@ def test_a_conversation_known_from_an_earlier_batch_is_checked_again_in_the_stat
     assert Conversation.objects.get(public_id=group).last_seq == 4 == Message.objects.filter(conversation__public_id=group).count()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="deadlock detection is PostgreSQL's")
+def test_a_store_broken_by_a_deadlock_is_stored_again_and_a_real_failure_is_not_hidden(api, alice, bob, monkeypatch):
+    """PostgreSQL ends a deadlock by failing one statement, which then stored nothing: the
+    group commit stores the batch another way (a fresh look-up, then each send on its own), so
+    no sender sees an error and no seq is lost. Any other database failure still reaches the
+    senders."""
+    import psycopg
+    from django.db import OperationalError
+
+    chat = open_direct(api, alice, bob)
+    services.messages_send_batch(items=[item(alice, chat, bob)])  # the conversation is known now
+    real = services._store_batch_postgresql
+    failures = []
+
+    def failing(error):
+        def store(*args, **kwargs):
+            if len(failures) < 2:
+                failures.append(error)
+                raise OperationalError(str(error)) from error
+            return real(*args, **kwargs)
+
+        return store
+
+    monkeypatch.setattr(services, "_store_batch_postgresql", failing(psycopg.errors.DeadlockDetected("deadlock detected")))
+    sends = [item(alice, chat, bob), item(bob, chat, alice)]
+    services.messages_send_batch(items=sends)
+    assert len(failures) == 2  # the known store, then the looked-up store; then one by one
+    assert all(s.error is None for s in sends) and sorted(s.answer["seq"] for s in sends) == [2, 3]
+
+    failures.clear()
+    monkeypatch.setattr(services, "_store_batch_postgresql", failing(psycopg.errors.DiskFull("no space left")))
+    with pytest.raises(OperationalError):
+        services.messages_send_batch(items=[item(alice, chat, bob)])
+    assert Conversation.objects.get(public_id=chat).last_seq == 3 == Message.objects.filter(conversation__public_id=chat).count()
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the roster triggers are PostgreSQL's, as is the group commit that checks them")
 def test_every_change_to_who_a_send_must_cover_raises_the_roster_version_of_exactly_those_conversations(api, alice, bob, eve):
     """The known-conversation check trusts one number per conversation, so every way its roster
