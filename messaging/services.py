@@ -852,12 +852,13 @@ def _batch_lookup_results(rows: list[tuple[Any, ...]]) -> Lookups:
 # conversation, with the conversation's roster version read in the same snapshot, and a batch of
 # known conversations skips the look-up: it is partitioned against what was found, and its store
 # statement checks, under the conversations' row locks, that each roster version is still the
-# one found and that no send in it is a repeat. The roster triggers (migration 0004) raise the
+# one found (a send repeating a stored one is refused by the idempotency index, and the batch
+# is looked up again, which finds it). The roster triggers (migration 0004) raise the
 # version on any change to a participant, a member's device, its identity key or a username, in
 # the transaction that makes it. If anything differs nothing is stored (no sequence number
 # taken), the conversation is forgotten, and the batch takes the look-up as before. What is kept
-# is never trusted, only checked. (Checking the members and devices themselves, row by row, was
-# about 40 % of the store's time in PostgreSQL, most of it planning; measured.)
+# is never trusted, only checked. (Re-reading the members and devices to check them was about
+# 40 % of the store's time per call, most of it PostgreSQL planning it; measured.)
 
 Known = tuple[int, set[int], list[tuple[int, str, int]], int]  # conversation pk, members, devices, roster version
 
