@@ -225,8 +225,9 @@ def _pending_rows_postgresql(device_pk: int, exclude: list[int], limit: int, now
     """pending_page's query as one SQL string: the drain runs on every connect and every tick
     of every socket, and compiling the ORM query cost more than running it. The sender, its
     device and the replied-to and reacted-to messages are each one primary-key look-up by a
-    scalar subquery, not joins: a seven-table join took 1 ms to plan on an idle machine and
-    10-14 ms under a reconnect storm, for every drain (pg_stat_statements), and with
+    scalar subquery (NULL when the reference is), not joins: a seven-table join took 1 ms to
+    plan on an idle machine and 10-14 ms under a reconnect storm, for every drain
+    (pg_stat_statements), and with
     statistics taken before a table grew it was planned to scan the whole message table once
     per envelope for the two self-joins (measured: 17 ms a page of 36)."""
     d, m, c = Delivery._meta.db_table, Message._meta.db_table, Conversation._meta.db_table
@@ -235,8 +236,7 @@ def _pending_rows_postgresql(device_pk: int, exclude: list[int], limit: int, now
         cursor.execute(
             f"SELECT d.id, d.ciphertext, m.public_id, c.public_id, m.seq, "
             f"(SELECT u.username FROM {u} u WHERE u.id = m.sender_user_id), (SELECT sd.device_id FROM {dev} sd WHERE sd.id = m.sender_device_id), m.kind, "
-            f"CASE WHEN m.reply_to_id IS NOT NULL THEN (SELECT r.public_id FROM {m} r WHERE r.id = m.reply_to_id) END, "
-            f"CASE WHEN m.reaction_to_id IS NOT NULL THEN (SELECT rt.public_id FROM {m} rt WHERE rt.id = m.reaction_to_id) END, "
+            f"(SELECT r.public_id FROM {m} r WHERE r.id = m.reply_to_id), (SELECT rt.public_id FROM {m} rt WHERE rt.id = m.reaction_to_id), "
             f"m.created_at, m.expires_at, m.sender_user_id FROM {d} d JOIN {m} m ON m.id = d.message_id JOIN {c} c ON c.id = m.conversation_id "
             "WHERE d.device_id = %s AND d.delivered_at IS NULL AND NOT (d.id = ANY(%s)) "
             "AND (m.expires_at IS NULL OR m.expires_at > %s) ORDER BY d.id LIMIT %s",
