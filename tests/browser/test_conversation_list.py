@@ -161,3 +161,41 @@ def test_a_hidden_tab_notifies_without_the_text_and_reads_only_when_seen(server,
     expect(alice.page.locator("#chat-title")).to_have_text("bob")
     expect(alice.message("are you there?")).to_be_visible()
     expect(bob.message("are you there?").locator(".ticks")).to_have_attribute("data-status", "read", timeout=20000)
+
+
+# Run in the page: whenever the mouse button goes down in the conversation list, the list is drawn
+# again before the button comes up, as it is when a message arrives at that moment.
+REDRAW_BETWEEN_PRESS_AND_RELEASE = """() => {
+  const list = document.getElementById("conversation-list");
+  const search = document.getElementById("conversation-search");
+  list.addEventListener("mousedown", () => search.dispatchEvent(new Event("input")), true);
+}"""
+
+
+def test_a_click_on_a_conversation_opens_it_while_messages_redraw_the_list(people):
+    alice, bob = chatting(people)
+    carol = people("carol").register()
+    carol.start_conversation("alice")
+    carol.send("hello from carol")
+    expect(row(alice, "carol").locator(".unread")).to_have_text("1", timeout=20000)
+
+    alice.page.evaluate(REDRAW_BETWEEN_PRESS_AND_RELEASE)
+    carol_row = row(alice, "carol")
+    before = carol_row.element_handle()
+    carol_row.click()
+    expect(alice.page.locator("#chat-title")).to_have_text("carol")
+    expect(alice.message("hello from carol")).to_be_visible()
+    # The row is the same element, updated in place: nothing the user is pointing at is replaced.
+    assert before.evaluate("(node) => node.isConnected")
+    expect(carol_row).to_have_attribute("aria-current", "true")
+    expect(row(alice, "bob")).to_have_attribute("aria-current", "false")
+
+    # A message to the other conversation while carol's is open moves bob's row up, in place too.
+    bob.send("bob again")
+    expect(row(alice, "bob").locator(".unread")).to_have_text("1", timeout=20000)
+    expect(alice.page.locator("#conversation-list button").first).to_contain_text("bob")
+    assert before.evaluate("(node) => node.isConnected")
+    row(alice, "bob").click()
+    expect(alice.page.locator("#chat-title")).to_have_text("bob")
+    expect(alice.message("bob again")).to_be_visible()
+    expect(row(alice, "bob").locator(".unread")).to_have_count(0)

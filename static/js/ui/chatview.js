@@ -95,36 +95,59 @@ export class ChatView {
 
   // --- conversation list ---------------------------------------------------------------------
 
+  // Rows are kept per conversation and updated in place: a list drawn again while the user presses
+  // a row (a message arriving at that moment) must not replace the element under the pointer, or
+  // the browser drops the click.
   renderList() {
     const list = $("conversation-list");
     const query = $("conversation-search").value.trim().toLowerCase();
     const convs = [...this.m.conversations.values()]
       .map((c) => ({ c, last: this.m.lastMessage(c.id) }))
       .sort((a, b) => Math.max(b.c.lastActivity || 0, b.last?.sentMs || 0) - Math.max(a.c.lastActivity || 0, a.last?.sentMs || 0));
-    list.replaceChildren();
+    this.rows ||= new Map();
+    const shown = [];
     for (const { c, last } of convs) {
       const title = this.m.title(c);
       const others = (c.participants || []).filter((u) => u !== this.m.me);
       if (query && ![title, ...others].some((name) => name.toLowerCase().includes(query))) continue;
       const online = c.kind === "direct" && others.length === 1 && this.m.presence.get(others[0])?.online;
-      const preview = last ? previewText(last, this.m.me) : "No messages yet";
       const unread = c.unread || 0;
       const activity = Math.max(c.lastActivity || 0, last?.sentMs || 0);
-      const button = el("button", {
-        type: "button",
-        "aria-current": c.id === this.m.current ? "true" : "false",
-        "aria-label": `${title}${online ? ", online" : ""}${unread ? `, ${unread} unread` : ""}`,
-        onclick: () => this.m.open(c.id),
-        dataset: { conversation: c.id },
-      },
-      el("span", { class: "avatar conv-avatar", "aria-hidden": "true" }, title.slice(0, 1), online ? el("span", { class: "presence" }) : null),
-      el("span", { class: "conv-name" }, title),
-      activity ? el("time", { class: "conv-time", datetime: new Date(activity).toISOString(), title: fullTime(activity) }, shortTime(activity)) : el("span"),
-      el("span", { class: "conv-preview" }, preview),
-      unread ? el("span", { class: "unread", "aria-hidden": "true" }, String(unread)) : el("span"));
-      list.append(el("li", {}, button));
+      const looks = {
+        current: c.id === this.m.current ? "true" : "false",
+        label: `${title}${online ? ", online" : ""}${unread ? `, ${unread} unread` : ""}`,
+        title, online, unread, activity, time: shortTime(activity),
+        preview: last ? previewText(last, this.m.me) : "No messages yet",
+      };
+      let row = this.rows.get(c.id);
+      if (!row) {
+        const button = el("button", { type: "button", onclick: () => this.m.open(c.id), dataset: { conversation: c.id } });
+        row = { li: el("li", {}, button), button, looks: "" };
+        this.rows.set(c.id, row);
+      }
+      const key = JSON.stringify(looks);
+      if (row.looks !== key) {
+        row.looks = key;
+        row.button.setAttribute("aria-current", looks.current);
+        row.button.setAttribute("aria-label", looks.label);
+        row.button.replaceChildren(
+          el("span", { class: "avatar conv-avatar", "aria-hidden": "true" }, title.slice(0, 1), online ? el("span", { class: "presence" }) : null),
+          el("span", { class: "conv-name" }, title),
+          activity ? el("time", { class: "conv-time", datetime: new Date(activity).toISOString(), title: fullTime(activity) }, looks.time) : el("span"),
+          el("span", { class: "conv-preview" }, looks.preview),
+          unread ? el("span", { class: "unread", "aria-hidden": "true" }, String(unread)) : el("span"));
+      }
+      shown.push(row.li);
     }
-    if (query && !list.children.length) list.append(el("li", { class: "list-empty muted" }, "No conversations match."));
+    for (const [id, row] of this.rows) {
+      if (!this.m.conversations.has(id)) this.rows.delete(id);
+    }
+    if (query && !shown.length) shown.push((this.noMatch ||= el("li", { class: "list-empty muted" }, "No conversations match.")));
+    // Move only what is out of place; rows that stay keep their element and their position.
+    shown.forEach((li, i) => {
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+    });
+    while (list.children.length > shown.length) list.lastElementChild.remove();
   }
 
   search(query) {
