@@ -1033,6 +1033,21 @@ def _bound_cursor(sql: str) -> Iterator[Any]:
         yield cursor
 
 
+def _random_uuids(n: int) -> list[str]:
+    """n random (version 4) UUIDs as text, from one read of the system's random source: uuid4()
+    reads it once per UUID, and each read lets go of the GIL, so a database thread storing a
+    batch waited for the event loop's thread once per message (measured: a tenth of that thread's
+    samples under load)."""
+    random = bytearray(os.urandom(16 * n))
+    out = []
+    for at in range(0, 16 * n, 16):
+        random[at + 6] = (random[at + 6] & 0x0F) | 0x40  # version 4
+        random[at + 8] = (random[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = random[at : at + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
 @functools.cache
 def _store_batch_sql(checked: bool = False) -> str:
     """The group commit's statement; `checked`: it stores only if the batch's conversations all
@@ -1074,7 +1089,7 @@ def _store_batch_statement(fast: list[FastSend], now: datetime, versions: dict[i
         counts[conv_pk] = counts.get(conv_pk, 0) + 1
         ordinals.append(counts[conv_pk])
     pks = sorted(counts)
-    public_ids = [str(uuid.uuid4()) for _ in fast]  # text: the statement returns them as text
+    public_ids = _random_uuids(len(fast))  # text: the statement returns them as text
     d_message, d_device, d_ciphertext = [], [], []
     for public_id, (item, _, expected) in zip(public_ids, fast, strict=True):
         for r in item.recipients:

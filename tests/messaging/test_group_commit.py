@@ -64,7 +64,7 @@ def test_one_batch_numbers_stores_and_answers_every_send_like_message_send(api, 
     assert [a1.answer["seq"], b1.answer["seq"], a2.answer["seq"]] == [1, 2, 3]  # in the order sent
     assert g1.answer["seq"] == 1
     ids = [a1.answer["id"], b1.answer["id"], g1.answer["id"], a2.answer["id"]]  # random, canonical, distinct
-    assert len(set(ids)) == 4 and all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in ids)
+    assert len(set(ids)) == 4 and all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
     assert repeat.answer == a1.answer and repeat.error is None  # idempotent: the first answer again
     assert eves.answer is None and isinstance(eves.error, EnigmoError) and eves.error.code == "not_found"
     assert wrong.answer is None and isinstance(wrong.error, EnigmoError)
