@@ -399,3 +399,28 @@ def test_a_fresh_batch_tells_each_devices_repeats_from_another_devices_ids(api, 
     assert sorted(s.answer["seq"] for s in crossed) == [3, 4]
     assert again.answer == first[0].answer
     assert Conversation.objects.get(public_id=chat).last_seq == 4 == Message.objects.filter(conversation__public_id=chat).count()
+
+
+def test_message_ids_stay_distinct_across_batches_threads_and_a_forked_process():
+    """The store draws message ids from a per-thread pool of random bytes; none may come twice,
+    also not in a child forked after the parent drew some (a Celery worker, a daphne fork)."""
+    import os
+    import threading
+
+    drawn = [i for n in (1, 3, 255, 1, 600, 7, 0, 2) for i in services._random_uuids(n)]
+    other: list[str] = []
+    worker = threading.Thread(target=lambda: other.extend(services._random_uuids(300)))
+    worker.start()
+    worker.join()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only writes its ids back
+        os.write(write, " ".join(services._random_uuids(50)).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write)
+    forked = os.read(read, 1 << 16).decode().split()
+    os.close(read)
+    drawn += other + forked + services._random_uuids(50)
+    assert len(drawn) == 869 + 300 + 100 and len(set(drawn)) == len(drawn)
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in drawn)
