@@ -114,12 +114,46 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
 
 
+def service_threads() -> list[int]:
+    """Every thread of PostgreSQL (postmaster and backends) and Redis on this machine."""
+    found = subprocess.run(["pgrep", "-x", "postgres|redis-server"], capture_output=True, text=True).stdout.split()
+    return [int(task.name) for pid in found for task in Path(f"/proc/{pid}/task").glob("*") if task.name.isdigit()]
+
+
+def pin_services(cores: set[int]) -> dict[int, set[int]]:
+    """PostgreSQL and Redis onto `cores` (backends PostgreSQL forks later inherit its
+    postmaster's); → each moved thread's previous cores. Threads that cannot be moved (gone,
+    not permitted) stay where they are."""
+    before: dict[int, set[int]] = {}
+    for tid in service_threads():
+        try:
+            was = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cores)
+            before[tid] = was
+        except OSError:
+            continue
+    return before
+
+
+def unpin_services(before: dict[int, set[int]]) -> None:
+    """Back where they were; backends forked meanwhile get every core."""
+    everywhere = set(range(os.cpu_count() or 1))
+    for tid in service_threads():
+        try:
+            os.sched_setaffinity(tid, before.get(tid, everywhere))
+        except OSError:
+            continue
+
+
 class Servers:
-    """One or two daphne processes on one fresh database; server 0 pinned to core 0."""
+    """One or two daphne processes on one fresh database. With --pin: one server has core 0 to
+    itself, the driver, PostgreSQL and Redis share core 1; two servers take a core each and
+    PostgreSQL and Redis stay where the system puts them."""
 
     def __init__(self, args: argparse.Namespace, count: int = 1) -> None:
         self.args, self.count = args, count
         self.list: list[LiveServer] = []
+        self.services: dict[int, set[int]] = {}
 
     def __enter__(self) -> Servers:
         first = start_live_server(SERVER_ENV)
@@ -131,6 +165,9 @@ class Servers:
             for i, server in enumerate(self.list):
                 subprocess.run(["taskset", "-apc", str(i % 2), str(server.process.pid)], check=False, capture_output=True)
             os.sched_setaffinity(0, {1})
+            if self.count == 1:
+                self.services = pin_services({1})
+                print(f"  PostgreSQL and Redis: {len(self.services)} threads on core 1", flush=True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -139,6 +176,9 @@ class Servers:
         drop_database(self.list[0].database_url)
         if self.args.pin:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+            if self.services:
+                unpin_services(self.services)
+                self.services = {}
 
     def cpu(self) -> float:
         return sum(proc_cpu_seconds(s.process.pid) for s in self.list)
@@ -608,7 +648,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4, help="frames in flight per sender (closed loop)")
     parser.add_argument("--drain-seconds", type=float, default=60)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--pin", action="store_true", help="server on core 0, driver on core 1 (taskset)")
+    parser.add_argument("--pin", action="store_true", help="server on core 0; driver, PostgreSQL and Redis on core 1 (two servers: one per core)")
     parser.add_argument("--limit", action="store_true", help="also measure ../shared/bench/relay_limit.py in the same run")
     parser.add_argument("--no-batch", action="store_true", help="one WebSocket frame per server frame (no ?batch=1)")
     parser.add_argument("--json", help="write the results here (a JSON list, one object per configuration)")
