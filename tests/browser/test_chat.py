@@ -80,3 +80,36 @@ def test_presence_dots_show_right_after_load_without_a_presence_event(people):
     row = alice.page.locator("#conversation-list button", has_text="bob")
     expect(row.locator(".presence")).to_have_count(1, timeout=10000)
     expect(row).to_have_attribute("aria-label", re.compile("bob, online"))
+
+
+def test_a_press_on_reply_survives_a_receipt_and_keyboard_focus_stays_on_the_control(people):
+    """A receipt or a reaction draws a message again. A press on its Reply button held while that
+    happens still replies when released, and a control focused from the keyboard keeps focus."""
+    alice = people("alice").register()
+    bob = people("bob").register()
+    alice.start_conversation("bob")
+    alice.send("press and hold")
+    held = alice.message("press and hold")
+    ticks = held.locator(".ticks")
+    expect(bob.page.locator("#conversation-list button", has_text="alice")).to_be_visible(timeout=20000)
+    expect(ticks).to_have_attribute("data-status", "delivered", timeout=20000)
+
+    box = held.get_by_role("button", name="Reply").bounding_box()
+    alice.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    alice.page.mouse.down()
+    bob.open_conversation("alice")  # bob reads it: alice's message is drawn again, "read"
+    expect(bob.message("press and hold")).to_be_visible(timeout=20000)
+    alice.page.wait_for_timeout(1500)  # the read receipt has reached alice's page by now
+    alice.page.mouse.up()
+    expect(alice.page.locator("#reply-text")).to_have_text("Replying to yourself: press and hold")
+    expect(ticks).to_have_attribute("data-status", "read", timeout=20000)  # drawn once released
+    alice.page.get_by_role("button", name="Cancel reply").click()
+
+    # Keyboard: focus on a message's React button; bob's reaction draws it again.
+    held.get_by_role("button", name="React").focus()
+    bob.message("press and hold").get_by_role("button", name="React").click()
+    bob.page.get_by_role("button", name="React 👍").click()
+    expect(held.locator(".reactions")).to_contain_text("👍", timeout=20000)
+    focused = alice.page.locator(":focus")
+    expect(focused).to_have_attribute("aria-label", "React")
+    assert focused.evaluate("(node) => node.closest('.message').querySelector('.body').textContent") == "press and hold"

@@ -66,6 +66,19 @@ export class ChatView {
     $("open-help").addEventListener("click", () => $("help-dialog").showModal());
     $("logout").addEventListener("click", () => this.m.logout());
     $("conversation-search").addEventListener("input", (e) => this.search(e.target.value));
+    this.heldBack = new Map();
+    $("message-list").addEventListener("pointerdown", (e) => { this.pressed = e.target; }, true);
+    const release = () => {
+      if (!this.pressed) return;
+      this.pressed = null;
+      setTimeout(() => { // after this press's click
+        const held = [...this.heldBack.values()];
+        this.heldBack.clear();
+        for (const message of held) this.upsertMessage(message);
+      });
+    };
+    window.addEventListener("pointerup", release, true);
+    window.addEventListener("pointercancel", release, true);
     if ("Notification" in window && Notification.permission === "default") {
       $("notify-banner").hidden = false;
       $("notify-enable").addEventListener("click", async () => {
@@ -242,13 +255,25 @@ export class ChatView {
     $("typing").textContent = users.length ? `${users.join(", ")} ${users.length === 1 ? "is" : "are"} typing…` : "";
   }
 
+  // A message drawn again (a receipt, a reaction) replaces its node. Not while the pointer is
+  // pressed on it: the browser would drop the click on its Reply or React button, so the new
+  // node waits for the release (and the click). Keyboard focus inside it moves to the same
+  // control in the new node.
   upsertMessage(message) {
     if (message.convId !== this.m.current) return;
     const list = $("message-list");
     const existing = list.querySelector(`[data-message-id="${CSS.escape(message.id)}"]`);
+    if (existing && this.pressed?.isConnected && existing.contains(this.pressed)) {
+      this.heldBack.set(message.id, message);
+      return;
+    }
     const node = this.messageNode(message);
-    if (existing) existing.replaceWith(node);
-    else {
+    if (existing) {
+      const focused = existing.contains(document.activeElement) ? document.activeElement : null;
+      existing.replaceWith(node);
+      const classes = focused && focused !== existing ? [...focused.classList].map((c) => `.${CSS.escape(c)}`).join("") : "";
+      (focused === existing ? node : classes ? node.querySelector(classes) : null)?.focus();
+    } else {
       const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
       list.append(node);
       if (atBottom || message.mine) list.scrollTop = list.scrollHeight;
