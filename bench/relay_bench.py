@@ -586,6 +586,8 @@ def table(results: list[dict[str, Any]]) -> str:
         )
         if isinstance(row.get("pg_cpu_us_per_msg"), int | float):
             other = f"{other}{', ' if other else ''}PostgreSQL {row['pg_cpu_us_per_msg']:.0f} µs/msg"
+        if isinstance(row.get("driver_cpu_pct"), int | float):  # the driver shares core 1 with them under --pin
+            other = f"{other}{', ' if other else ''}driver {row['driver_cpu_pct']:.0f} % of a core"
         lines.append(
             f"| {row['config']} | {row.get('conns', '')} | {f(row, 'msgs_per_s', '.0f')} | {f(row, 'ratio_to_raw', '.3f')} | {f(row, 'p50_ms', '.1f')} | "
             f"{f(row, 'p99_ms', '.1f')} | {f(row, 'cpu_us_per_msg', '.0f')} | {f(row, 'rss_kb_per_conn', '.1f')} | {other} | {f(row, 'lost', 'd') if isinstance(row.get('lost'), int) else row.get('lost', '—')} |"
