@@ -1043,16 +1043,10 @@ def _random_uuids(n: int) -> list[str]:
     load). Here each thread reads 256 UUIDs' worth at a time and uses each byte once (a forked
     child reads its own)."""
     pool = getattr(_random_pool, "bytes", b"")
-    if len(pool) < 16 * n or _random_pool.pid != os.getpid():
+    if len(pool) < 16 * n or getattr(_random_pool, "pid", None) != os.getpid():
         pool, _random_pool.pid = os.urandom(16 * max(n, 256)), os.getpid()
-    random, _random_pool.bytes = bytearray(pool[: 16 * n]), pool[16 * n :]
-    out = []
-    for at in range(0, 16 * n, 16):
-        random[at + 6] = (random[at + 6] & 0x0F) | 0x40  # version 4
-        random[at + 8] = (random[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
-        h = random[at : at + 16].hex()
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return out
+    _random_pool.bytes = pool[16 * n :]
+    return [str(uuid.UUID(bytes=pool[at : at + 16], version=4)) for at in range(0, 16 * n, 16)]
 
 
 @functools.cache

@@ -19,6 +19,9 @@ export class ChatView {
     this.replyTo = null;
     this.pendingFile = null;
     this.attachmentUrls = new Map();
+    this.rows = new Map(); // conversation id → its row in the list, kept across redraws
+    this.heldBack = new Map(); // message id → its newest state, drawn when the pointer is released
+    this.pressed = null;
   }
 
   mount() {
@@ -66,7 +69,6 @@ export class ChatView {
     $("open-help").addEventListener("click", () => $("help-dialog").showModal());
     $("logout").addEventListener("click", () => this.m.logout());
     $("conversation-search").addEventListener("input", (e) => this.search(e.target.value));
-    this.heldBack = new Map();
     $("message-list").addEventListener("pointerdown", (e) => { this.pressed = e.target; }, true);
     const release = () => {
       if (!this.pressed) return;
@@ -117,7 +119,6 @@ export class ChatView {
     const convs = [...this.m.conversations.values()]
       .map((c) => ({ c, last: this.m.lastMessage(c.id) }))
       .sort((a, b) => Math.max(b.c.lastActivity || 0, b.last?.sentMs || 0) - Math.max(a.c.lastActivity || 0, a.last?.sentMs || 0));
-    this.rows ||= new Map();
     const shown = [];
     for (const { c, last } of convs) {
       const title = this.m.title(c);
@@ -152,7 +153,7 @@ export class ChatView {
       }
       shown.push(row.li);
     }
-    for (const [id, row] of this.rows) {
+    for (const id of this.rows.keys()) {
       if (!this.m.conversations.has(id)) this.rows.delete(id);
     }
     if (query && !shown.length) shown.push((this.noMatch ||= el("li", { class: "list-empty muted" }, "No conversations match.")));
@@ -271,8 +272,8 @@ export class ChatView {
     if (existing) {
       const focused = existing.contains(document.activeElement) ? document.activeElement : null;
       existing.replaceWith(node);
-      const classes = focused && focused !== existing ? [...focused.classList].map((c) => `.${CSS.escape(c)}`).join("") : "";
-      (focused === existing ? node : classes ? node.querySelector(classes) : null)?.focus();
+      if (focused === existing) node.focus();
+      else if (focused?.classList.length) node.querySelector([...focused.classList].map((c) => `.${CSS.escape(c)}`).join(""))?.focus();
     } else {
       const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
       list.append(node);
