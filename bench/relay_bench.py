@@ -32,6 +32,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import statistics
 import struct
 import subprocess
@@ -89,6 +90,35 @@ def own_cpu_seconds() -> float:
     """This driver's CPU: near 100 % of its core, the driver and not the server is the limit."""
     usage = os.times()
     return usage.user + usage.system
+
+
+def core_jiffies() -> list[tuple[int, int]]:
+    """(busy, total) clock ticks of each core since boot, from /proc/stat (idle and iowait are
+    not busy; the kernel's work for the sockets, softirq, is)."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            ticks = [int(x) for x in line.split()[1:9]]
+            total = sum(ticks)
+            out.append((total - ticks[3] - ticks[4], total))
+    return out
+
+
+def cores_busy_since(before: list[tuple[int, int]]) -> list[float]:
+    """Each core's busy share (%) since `before`."""
+    return [100 * (b - b0) / max(t - t0, 1) for (b, t), (b0, t0) in zip(core_jiffies(), before, strict=True)]
+
+
+def redis_cpu() -> float:
+    """CPU seconds of the Redis server(s) on this machine."""
+    found = subprocess.run(["pgrep", "-x", "redis-server"], capture_output=True, text=True).stdout.split()
+    total = 0.0
+    for pid in found:
+        try:
+            total += proc_cpu_seconds(int(pid))
+        except OSError:
+            continue
+    return total
 
 
 def proc_kb(pid: int, key: str) -> int:
@@ -279,8 +309,11 @@ def send_frame(chat: str, to: str, at: float, size: int, device_id: int = 1) -> 
     )
 
 
-async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) -> dict[str, Any]:
+async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1, on_start: Any = None, messages: int | None = None) -> dict[str, Any]:
+    """`on_start(server pids)` is called as the measured phase starts (the profiler's hook);
+    `messages` overrides --messages per sender."""
     pairs = conns // 2
+    messages = messages or args.messages
     with Servers(args, processes) as servers:
         base_rss = proc_kb(servers.list[0].process.pid, "VmRSS")
         cast = await asyncio.to_thread(seed, servers.list[0].database_url, pairs, uuid.uuid4().hex[:6])
@@ -291,10 +324,10 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
         await asyncio.sleep(1)
         rss_per_conn = sum(proc_kb(s.process.pid, "VmRSS") for s in servers.list) - base_rss * processes
         stored: set[str] = set()
-        expected = pairs * args.messages
+        expected = pairs * messages
 
         async def sender(device: Device, chat: str, to: str) -> None:
-            in_flight, remaining = 0, args.messages
+            in_flight, remaining = 0, messages
             while remaining or in_flight:
                 while remaining and in_flight < args.window:
                     await device.ws.send(send_frame(chat, to, time.perf_counter(), args.size))
@@ -308,13 +341,18 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
 
         await asyncio.to_thread(settle_database, servers.list[0].database_url)
         cpu0, t0, own0, pg0 = servers.cpu(), time.perf_counter(), own_cpu_seconds(), postgres_cpu()
+        cores0, redis0 = core_jiffies(), redis_cpu()
+        if on_start:
+            on_start([s.process.pid for s in servers.list])
         await asyncio.gather(*(sender(d, chat, to) for d, (_, _, chat, _, to) in zip(senders, cast, strict=True)))
         deadline = time.monotonic() + args.drain_seconds
         while sum(len(r.seen) for r in receivers) < expected and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         last = max((max(r.seen.values(), default=t0) for r in receivers), default=t0)
         wall, cpu, pg_cpu = last - t0, servers.cpu() - cpu0, postgres_cpu_since(pg0, servers.list[0].database_url)
-        driver_cpu = (own_cpu_seconds() - own0) / max(time.perf_counter() - t0, 1e-9)
+        elapsed = max(time.perf_counter() - t0, 1e-9)  # the shares of a core below are over this
+        driver_cpu = (own_cpu_seconds() - own0) / elapsed
+        busy, redis_share = cores_busy_since(cores0), (redis_cpu() - redis0) / elapsed
         received = set().union(*(r.seen for r in receivers))
         latencies = [x for r in receivers for x in r.latencies]
         peak_rss_kb = sum(proc_kb(s.process.pid, "VmHWM") for s in servers.list)
@@ -330,6 +368,10 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1) 
         "rss_kb_per_conn": rss_per_conn / conns,
         "peak_rss_mib": peak_rss_kb / 1024,
         "driver_cpu_pct": 100 * driver_cpu,
+        "server_cpu_pct": 100 * cpu / elapsed,
+        "pg_cpu_pct": 100 * pg_cpu / elapsed if pg_cpu is not None else None,
+        "redis_cpu_pct": 100 * redis_share,
+        **{f"core{i}_busy_pct": value for i, value in enumerate(busy)},
         "stored": len(stored),
         "delivered": n,
         "lost": len(stored - received),
@@ -565,6 +607,13 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         await repeat(f"group-{members}", {"conns": members, "profile": args.profile, "messages": args.group_messages}, lambda m=members: group(args, m))
     for conns in args.two_proc:
         await repeat(f"two-proc-{conns}", {"conns": conns, "profile": args.profile + ", 2 daphne processes"}, lambda c=conns: closed_loop(args, c, processes=2))
+    for conns in args.profile_server:
+        profiled = await profile_server(args, conns)
+        if profiled:
+            results.append(profiled)
+    for row in results:
+        if row["config"].startswith(("closed-", "two-proc-")):
+            row["blocked_by"] = what_blocks(row, args.pin)
     return results
 
 
@@ -582,6 +631,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{row['seconds']:.2f} s to drain" if "seconds" in row
             else f"{row['rss_mib']:.0f} MiB total" if "rss_mib" in row
             else f"peak RSS {row['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in row
+            else "py-spy sampling the server (not in the medians)" if "samples" in row
             else ""
         )
         if isinstance(row.get("pg_cpu_us_per_msg"), int | float):
@@ -629,6 +679,89 @@ def judge(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+FULL_CORE_PCT = 90  # a core this busy is taken as full: the rest is scheduling slack
+
+
+def what_blocks(row: dict[str, Any], pinned: bool) -> str:
+    """What this run's CPU accounting says limits a closed-loop configuration."""
+    if not isinstance(row.get("core0_busy_pct"), int | float):
+        return "no CPU accounting in this run"
+    c0, c1 = row["core0_busy_pct"], row.get("core1_busy_pct", 0.0)
+    core1 = f"the driver {row.get('driver_cpu_pct', 0):.0f} %, PostgreSQL {row.get('pg_cpu_pct') or 0:.0f} %, Redis {row.get('redis_cpu_pct', 0):.0f} % of a core"
+    if not pinned or "two" in row.get("profile", ""):
+        return f"cores {c0:.0f} % and {c1:.0f} % busy (servers {row.get('server_cpu_pct', 0):.0f} %, {core1}); no core is one process's alone"
+    if c1 >= FULL_CORE_PCT and c1 >= c0:
+        return (f"core 1 is full ({c1:.0f} % busy: {core1}); core 0, the server's, is {c0:.0f} % busy "
+                f"(the server {row.get('server_cpu_pct', 0):.0f} %): the server waits on the driver and PostgreSQL")
+    if c0 >= FULL_CORE_PCT:
+        return (f"core 0 is full ({c0:.0f} % busy, the server {row.get('server_cpu_pct', 0):.0f} %): the server's "
+                f"{row.get('cpu_us_per_msg', 0):.0f} µs of CPU per envelope is the limit; core 1 is {c1:.0f} % busy ({core1})")
+    return (f"neither core is full (core 0 {c0:.0f} %, core 1 {c1:.0f} %: {core1}): the closed loop "
+            f"(a fixed number in flight per sender) is bound by round-trip latency")
+
+
+def summarise_profile(raw: str, top: int = 10) -> dict[str, Any]:
+    """py-spy's raw output (--threads) → the event loop's and the other threads' shares of the
+    samples and the functions most often on top of the stack (line numbers merged)."""
+    loop = other = 0
+    leaves: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n, frames = int(count), stack.split(";")
+        if "MainThread" in frames[0]:
+            loop += n
+        else:
+            other += n
+        leaf = re.sub(r":\d+\)$", ")", frames[-1])
+        leaves[leaf] = leaves.get(leaf, 0) + n
+    total = max(loop + other, 1)
+    ranked = sorted(leaves.items(), key=lambda item: -item[1])[:top]
+    return {
+        "samples": loop + other,
+        "event_loop_pct": 100 * loop / total,
+        "other_threads_pct": 100 * other / total,
+        "top": [[name, round(100 * n / total, 1)] for name, n in ranked],
+    }
+
+
+async def profile_server(args: argparse.Namespace, conns: int) -> dict[str, Any] | None:
+    """One more closed-loop run (not in the medians) with py-spy sampling the server for
+    --profile-seconds of its measured phase: where the server's CPU goes under this load."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        print("py-spy not installed in this environment (pip install py-spy): no server profile", file=sys.stderr)
+        return None
+    out = Path(f"/tmp/relay-profile-{os.getpid()}.txt")
+    out.unlink(missing_ok=True)
+    spies: list[subprocess.Popen[bytes]] = []
+
+    def start(pids: list[int]) -> None:
+        command = [str(spy), "record", "-p", str(pids[0]), "-d", str(args.profile_seconds), "-r", "200", "--threads",
+                   "--nonblocking", "--format", "raw", "-o", str(out)]
+        spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    run = await closed_loop(args, conns, on_start=start, messages=args.profile_messages)
+    for process in spies:
+        await asyncio.to_thread(process.wait, 60)
+    if not out.exists():
+        print("py-spy wrote no profile (was the measured phase shorter than --profile-seconds?)", file=sys.stderr)
+        return None
+    summary = summarise_profile(out.read_text())
+    out.unlink(missing_ok=True)
+    return {"config": f"profile-closed-{conns}", "conns": conns, "profile": args.profile, "msgs_per_s": run["msgs_per_s"],
+            "lost": run["lost"], "profile_seconds": args.profile_seconds, **summary}
+
+
+def describe_profile(row: dict[str, Any]) -> list[str]:
+    lines = [f"Server profile (py-spy, {row['config'].removeprefix('profile-')}, {row['profile_seconds']:g} s at {row['msgs_per_s']:.0f} msg/s, "
+             f"{row['samples']} samples): event loop {row['event_loop_pct']:.0f} %, other threads (database, group commit) "
+             f"{row['other_threads_pct']:.0f} %. Most often on top of the stack:"]
+    lines += [f"  {share:5.1f} %  {name}" for name, share in row["top"]]
+    return lines
+
+
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -653,6 +786,9 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true", help="server on core 0; driver, PostgreSQL and Redis on core 1 (two servers: one per core)")
     parser.add_argument("--limit", action="store_true", help="also measure ../shared/bench/relay_limit.py in the same run")
     parser.add_argument("--no-batch", action="store_true", help="one WebSocket frame per server frame (no ?batch=1)")
+    parser.add_argument("--profile-server", type=ints, default=[], help="connection counts: one more closed-loop run each with py-spy on the server")
+    parser.add_argument("--profile-seconds", type=float, default=5, help="how long py-spy samples (within the measured phase)")
+    parser.add_argument("--profile-messages", type=int, default=200, help="envelopes per sender in the profiled run (a phase longer than the sampling)")
     parser.add_argument("--json", help="write the results here (a JSON list, one object per configuration)")
     args = parser.parse_args()
     if args.pairs:
@@ -666,6 +802,14 @@ def main() -> None:
     print(table(results))
     print()
     print("\n".join(judge(results)))
+    blocked = [f"- {row['config']}: {row['blocked_by']}" for row in results if row.get("blocked_by")]
+    if blocked:
+        print("\nWhat limits each closed loop (this run's CPU accounting, medians):")
+        print("\n".join(blocked))
+    for row in results:
+        if row["config"].startswith("profile-"):
+            print()
+            print("\n".join(describe_profile(row)))
     if args.json:
         meta = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), "nproc": os.cpu_count(), "loadavg": os.getloadavg()}
         Path(args.json).write_text(json.dumps([{**row, **meta} for row in results], indent=1) + "\n")
