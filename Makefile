@@ -7,6 +7,8 @@ test:
 ci:
 	bash .ci/run
 bench:
+	.venv/bin/pip install -q py-spy  # the server profile at the end of the run
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/1 \
 	  .venv/bin/python bench/relay_bench.py --pin --limit --closed 50,200,1000,5000 --messages 20 \
-	  --backlog 10000 --open 1000 --idle 5000 --group 100 --two-proc 1000 --repeat 3 --json /tmp/perf.json
+	  --backlog 10000 --open 1000 --idle 5000 --group 100 --two-proc 1000 --repeat 3 \
+	  --profile-server 1000 --json /tmp/perf.json
