@@ -53,3 +53,11 @@ def test_a_py_spy_profile_is_split_by_thread_and_ranked_by_function():
     assert summary["samples"] == 100
     assert summary["event_loop_pct"] == 60 and summary["other_threads_pct"] == 40
     assert summary["top"] == [["doRead (twisted/internet/tcp.py)", 50.0], ["execute (psycopg/cursor.py)", 40.0]]
+
+
+def test_an_open_loop_reports_its_cores_and_whether_either_is_full():
+    row = {**ROW, "config": "open-1000", "core0_busy_pct": 70.0, "core1_busy_pct": 65.0}
+    text = relay_bench.what_blocks(row, pinned=True)
+    assert text.startswith("at this offered rate core 0 is 70 % busy") and "neither is full" in text
+    text = relay_bench.what_blocks({**row, "core1_busy_pct": 96.0}, pinned=True)
+    assert "core 1 full: envelopes queue for CPU" in text
