@@ -696,7 +696,7 @@ def what_blocks(row: dict[str, Any], pinned: bool) -> str:
         return "no CPU accounting in this run"
     c0, c1 = row["core0_busy_pct"], row.get("core1_busy_pct", 0.0)
     core1 = f"the driver {row.get('driver_cpu_pct', 0):.0f} %, PostgreSQL {row.get('pg_cpu_pct') or 0:.0f} %, Redis {row.get('redis_cpu_pct', 0):.0f} % of a core"
-    if not pinned or "two" in row.get("profile", ""):
+    if not pinned or row["config"].startswith("two-proc-"):  # two servers: one on each core
         return f"cores {c0:.0f} % and {c1:.0f} % busy (servers {row.get('server_cpu_pct', 0):.0f} %, {core1}); no core is one process's alone"
     if row["config"].startswith("open-"):
         full = [f"core {i}" for i, c in enumerate((c0, c1)) if c >= FULL_CORE_PCT]

@@ -61,3 +61,8 @@ def test_an_open_loop_reports_its_cores_and_whether_either_is_full():
     assert text.startswith("at this offered rate core 0 is 70 % busy") and "neither is full" in text
     text = relay_bench.what_blocks({**row, "core1_busy_pct": 96.0}, pinned=True)
     assert "core 1 full: envelopes queue for CPU" in text
+
+
+def test_two_servers_on_two_cores_blame_no_single_core():
+    row = {**ROW, "config": "two-proc-1000", "core0_busy_pct": 55.0, "core1_busy_pct": 100.0}
+    assert relay_bench.what_blocks(row, pinned=True).startswith("cores 55 % and 100 % busy")
