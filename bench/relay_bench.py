@@ -691,7 +691,8 @@ FULL_CORE_PCT = 90  # a core this busy is taken as full: the rest is scheduling 
 
 
 def what_blocks(row: dict[str, Any], pinned: bool) -> str:
-    """What this run's CPU accounting says limits a closed-loop configuration."""
+    """What this run's CPU accounting says limits a closed loop (which core is full, and what
+    shares it), or, for an open loop, whether a core is full at the offered rate."""
     if not isinstance(row.get("core0_busy_pct"), int | float):
         return "no CPU accounting in this run"
     c0, c1 = row["core0_busy_pct"], row.get("core1_busy_pct", 0.0)
