@@ -121,6 +121,30 @@ def redis_cpu() -> float:
     return total
 
 
+class CpuUsage:
+    """CPU used from construction to stop(): the servers' and PostgreSQL's seconds, and the share
+    of a core used by the servers, this driver, PostgreSQL and Redis, with each core's busy share."""
+
+    def __init__(self, servers: Servers) -> None:
+        self.servers = servers
+        self.server0, self.pg0, self.own0 = servers.cpu(), postgres_cpu(), own_cpu_seconds()
+        self.cores0, self.redis0, self.t0 = core_jiffies(), redis_cpu(), time.perf_counter()
+
+    def stop(self) -> tuple[float, float | None, dict[str, float | None]]:
+        """→ (server seconds, PostgreSQL seconds or None on SQLite, the JSON's shares in %)."""
+        server = self.servers.cpu() - self.server0
+        pg = postgres_cpu_since(self.pg0, self.servers.list[0].database_url)
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        shares = {
+            "driver_cpu_pct": 100 * (own_cpu_seconds() - self.own0) / elapsed,
+            "server_cpu_pct": 100 * server / elapsed,
+            "pg_cpu_pct": 100 * pg / elapsed if pg is not None else None,
+            "redis_cpu_pct": 100 * (redis_cpu() - self.redis0) / elapsed,
+            **{f"core{i}_busy_pct": busy for i, busy in enumerate(cores_busy_since(self.cores0))},
+        }
+        return server, pg, shares
+
+
 def proc_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -340,8 +364,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1, 
                     print("error:", reply, file=sys.stderr)
 
         await asyncio.to_thread(settle_database, servers.list[0].database_url)
-        cpu0, t0, own0, pg0 = servers.cpu(), time.perf_counter(), own_cpu_seconds(), postgres_cpu()
-        cores0, redis0 = core_jiffies(), redis_cpu()
+        t0, usage = time.perf_counter(), CpuUsage(servers)
         if on_start:
             on_start([s.process.pid for s in servers.list])
         await asyncio.gather(*(sender(d, chat, to) for d, (_, _, chat, _, to) in zip(senders, cast, strict=True)))
@@ -349,10 +372,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1, 
         while sum(len(r.seen) for r in receivers) < expected and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         last = max((max(r.seen.values(), default=t0) for r in receivers), default=t0)
-        wall, cpu, pg_cpu = last - t0, servers.cpu() - cpu0, postgres_cpu_since(pg0, servers.list[0].database_url)
-        elapsed = max(time.perf_counter() - t0, 1e-9)  # the shares of a core below are over this
-        driver_cpu = (own_cpu_seconds() - own0) / elapsed
-        busy, redis_share = cores_busy_since(cores0), (redis_cpu() - redis0) / elapsed
+        wall, (cpu, pg_cpu, shares) = last - t0, usage.stop()
         received = set().union(*(r.seen for r in receivers))
         latencies = [x for r in receivers for x in r.latencies]
         peak_rss_kb = sum(proc_kb(s.process.pid, "VmHWM") for s in servers.list)
@@ -367,11 +387,7 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1, 
         "pg_cpu_us_per_msg": 1e6 * pg_cpu / n if n and pg_cpu is not None else None,
         "rss_kb_per_conn": rss_per_conn / conns,
         "peak_rss_mib": peak_rss_kb / 1024,
-        "driver_cpu_pct": 100 * driver_cpu,
-        "server_cpu_pct": 100 * cpu / elapsed,
-        "pg_cpu_pct": 100 * pg_cpu / elapsed if pg_cpu is not None else None,
-        "redis_cpu_pct": 100 * redis_share,
-        **{f"core{i}_busy_pct": value for i, value in enumerate(busy)},
+        **shares,
         "stored": len(stored),
         "delivered": n,
         "lost": len(stored - received),
@@ -391,8 +407,7 @@ async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         print("  sending (the open loop starts here: profile the server from now)", flush=True)
         stored: set[str] = set()
         start = time.perf_counter() + 0.2
-        cpu0, pg0 = servers.cpu(), postgres_cpu()
-        t0, own0, cores0, redis0 = time.perf_counter(), own_cpu_seconds(), core_jiffies(), redis_cpu()
+        usage = CpuUsage(servers)
 
         async def drain_replies(device: Device, count: int) -> None:
             for _ in range(count):
@@ -414,19 +429,13 @@ async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         deadline = time.monotonic() + args.drain_seconds
         while sum(len(r.seen) for r in receivers) < total and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        cpu, pg_cpu = servers.cpu() - cpu0, postgres_cpu_since(pg0, server.database_url)
-        elapsed = max(time.perf_counter() - t0, 1e-9)
-        busy, redis_share, driver_cpu = cores_busy_since(cores0), (redis_cpu() - redis0) / elapsed, (own_cpu_seconds() - own0) / elapsed
+        cpu, pg_cpu, shares = usage.stop()
         received = set().union(*(r.seen for r in receivers))
         latencies = [x for r in receivers for x in r.latencies]
         for device in receivers + senders:
             await device.close()
     return {
-        "driver_cpu_pct": 100 * driver_cpu,
-        "server_cpu_pct": 100 * cpu / elapsed,
-        "pg_cpu_pct": 100 * pg_cpu / elapsed if pg_cpu is not None else None,
-        "redis_cpu_pct": 100 * redis_share,
-        **{f"core{i}_busy_pct": value for i, value in enumerate(busy)},
+        **shares,
         "msgs_per_s": rate,
         "p50_ms": 1000 * pct(latencies, 0.5),
         "p99_ms": 1000 * pct(latencies, 0.99),
@@ -802,7 +811,7 @@ def main() -> None:
     parser.add_argument("--limit", action="store_true", help="also measure ../shared/bench/relay_limit.py in the same run")
     parser.add_argument("--no-batch", action="store_true", help="one WebSocket frame per server frame (no ?batch=1)")
     parser.add_argument("--profile-server", type=ints, default=[], help="connection counts: one more closed-loop run each with py-spy on the server")
-    parser.add_argument("--profile-seconds", type=float, default=5, help="how long py-spy samples (within the measured phase)")
+    parser.add_argument("--profile-seconds", type=int, default=5, help="how long py-spy samples, whole seconds (within the measured phase)")
     parser.add_argument("--profile-messages", type=int, default=200, help="envelopes per sender in the profiled run (a phase longer than the sampling)")
     parser.add_argument("--json", help="write the results here (a JSON list, one object per configuration)")
     args = parser.parse_args()
