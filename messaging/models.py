@@ -6,9 +6,19 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 
 from keys.models import Device
+
+
+class ConversationQuerySet(models.QuerySet):
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Lock the conversations (in id order, as the group commit does) before Django collects
+        their messages, so a batch being stored to one either commits first and is collected
+        with the rest, or waits and then finds the conversation gone (see Message)."""
+        with transaction.atomic(using=self.db, savepoint=False):
+            pks = list(self.order_by("pk").select_for_update(of=("self",)).values_list("pk", flat=True))
+            return self.model._base_manager.using(self.db).filter(pk__in=pks).delete()
 
 
 class Conversation(models.Model):
@@ -35,8 +45,18 @@ class Conversation(models.Model):
     disappearing_seconds = models.PositiveIntegerField(null=True, blank=True)
     encrypted_meta = models.BinaryField(null=True, blank=True)
 
+    objects = ConversationQuerySet.as_manager()
+
     def __str__(self) -> str:
         return f"{self.kind} conversation {self.public_id}"
+
+    def delete(self, using: str | None = None, keep_parents: bool = False) -> tuple[int, dict[str, int]]:
+        """As ConversationQuerySet.delete: the row is locked before its messages are collected."""
+        if self.pk is None:
+            return super().delete(using=using, keep_parents=keep_parents)  # Django's error for an unsaved row
+        deleted = type(self).objects.using(using or self._state.db).filter(pk=self.pk).delete()
+        self.pk = None  # as Django's delete leaves the instance
+        return deleted
 
 
 class Participant(models.Model):
@@ -70,13 +90,22 @@ class Message(models.Model):
         CONTROL = "control", "Control"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # No database foreign-key constraint from a message to its conversation, sender user or
+    # sender device, nor from a copy (Delivery) to its device: each was a per-row check with a
+    # row lock on the parent, a third of PostgreSQL's time per envelope under load (measured,
+    # docs/performance.md). Django still cascades and nulls on delete; what the constraint
+    # guarded, a row stored for a parent deleted meanwhile, is prevented by order instead:
+    # every store of messages holds its conversation's row lock and checks the roster under it
+    # (the group commit's roster version, message_send's check under the lock), and every
+    # delete of a conversation, device or user first locks the conversations it touches
+    # (ConversationQuerySet.delete, messaging.deletion). tests/messaging/test_delete_races.py.
     # Every index is written on every insert, so none is kept twice: message_seq_unique leads with
     # the conversation and message_idempotency with the sender device, and the optional references
     # are indexed only where set (a message wrote 10 index entries, now 5).
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False, db_constraint=False)
     seq = models.BigIntegerField()
-    sender_user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
-    sender_device = models.ForeignKey(Device, on_delete=models.SET_NULL, null=True, related_name="+", db_index=False)
+    sender_user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+", db_constraint=False)
+    sender_device = models.ForeignKey(Device, on_delete=models.SET_NULL, null=True, related_name="+", db_index=False, db_constraint=False)
     client_message_id = models.UUIDField()
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.MESSAGE)
     reply_to = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False)
@@ -106,7 +135,7 @@ class Delivery(models.Model):
 
     # indexed through delivery_unique (message, device) and the (device, delivered_at, id) index
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="deliveries", db_index=False, db_constraint=False)  # see Message
     ciphertext = models.BinaryField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)

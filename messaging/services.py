@@ -231,18 +231,32 @@ def _referenced(conversation: Conversation, message_id: Any) -> Message:
     return target
 
 
-def _next_seq(conversation_pk: int, now: datetime) -> tuple[int, int | None]:
+def _next_seq(conversation_pk: int, now: datetime) -> tuple[int, int | None, int] | None:
     """Take the next sequence number: one UPDATE … RETURNING that also holds the row lock until
     commit (PostgreSQL), so Delivery ids follow seq order; SQLite's IMMEDIATE transactions
-    already serialise writers."""
+    already serialise writers. → (seq, timer, roster version), None if the conversation is gone."""
     table = Conversation._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET last_seq = last_seq + 1, last_activity_at = %s WHERE id = %s RETURNING last_seq, disappearing_seconds",
+            f"UPDATE {table} SET last_seq = last_seq + 1, last_activity_at = %s WHERE id = %s RETURNING last_seq, disappearing_seconds, roster_version",
             [now, conversation_pk],
         )
-        seq, timer = cursor.fetchone()
-    return seq, timer
+        return cursor.fetchone()
+
+
+def _check_roster_locked(conversation: Conversation, sender_device: Device, recipients: list[RecipientInput], version: int) -> dict[tuple[str, int], int] | None:
+    """message_send's checks of the sender and the recipients again, now that the conversation's
+    row is locked, when they may have changed since they were made: on PostgreSQL when the
+    roster version moved (every change raises it, in its own transaction), on SQLite always
+    (the first checks ran before the transaction began). No device, member or conversation can
+    be deleted while the lock is held (messaging.deletion), and the database keeps no foreign
+    key to refuse a copy for one deleted before (messaging.models.Message). → the recipients'
+    device pks as _check_coverage maps them, None if nothing can have changed."""
+    if connection.vendor == "postgresql" and version == conversation.roster_version:
+        return None
+    if not Device.objects.filter(pk=sender_device.pk, user__participations__conversation=conversation).exists():
+        raise errors.ConversationNotFound()
+    return _check_coverage(conversation, sender_device, recipients)
 
 
 def message_send(
@@ -284,7 +298,12 @@ def message_send(
     try:
         with transaction.atomic():
             now = timezone.now()
-            seq, timer = _next_seq(conversation.pk, now)
+            taken = _next_seq(conversation.pk, now)
+            if taken is None:
+                raise errors.ConversationNotFound()
+            seq, timer, version = taken
+            rechecked = _check_roster_locked(conversation, sender_device, recipients, version)
+            targets = targets if rechecked is None else rechecked
             lifetime = expires_in or timer
             message = Message.objects.create(
                 conversation=conversation,
@@ -747,13 +766,16 @@ def _send_one_by_one(items: list[BatchSend]) -> None:
             item.error = exc
 
 
-Lookups = tuple[dict[Any, tuple[int, set[int]]], dict[int, list[tuple[int, str, int]]], set[tuple[int, Any]]]
+# members by conversation public id, devices by conversation pk, stored repeats, and (PostgreSQL)
+# each conversation's roster version as the look-up read it, by pk
+Lookups = tuple[dict[Any, tuple[int, set[int]]], dict[int, list[tuple[int, str, int]]], set[tuple[int, Any]], dict[int, int]]
 
 
 def _batch_lookups(items: list[BatchSend]) -> Lookups:
     """What messages_send_batch checks against, for a whole batch: conversation public id →
     (pk, member user pks); conversation pk → its members' active devices (pk, username,
-    device id); the (sender device pk, client message id) pairs already stored."""
+    device id); the (sender device pk, client message id) pairs already stored; on PostgreSQL
+    conversation pk → roster version, read in the same statement."""
     if connection.vendor == "postgresql":
         sql, params = _batch_lookup_statement(items)
         with _bound_cursor(sql) as cursor:
@@ -770,7 +792,7 @@ def _batch_lookups(items: list[BatchSend]) -> Lookups:
         user__participations__conversation_id__in=[pk for pk, _ in members.values()], revoked_at__isnull=True, identity_key__isnull=False
     ).values_list("user__participations__conversation_id", "pk", "user__username", "device_id"):
         devices.setdefault(conv_pk, []).append((pk, username, did))
-    return members, devices, _stored_repeats(items)
+    return members, devices, _stored_repeats(items), {}
 
 
 def _stored_repeats(items: list[BatchSend]) -> set[tuple[int, Any]]:
@@ -842,7 +864,7 @@ def _batch_lookup_results(rows: list[tuple[Any, ...]]) -> Lookups:
         if device_pk is not None:
             devices.setdefault(conv_pk, []).append((device_pk, username, device_id))
     _remember(versions, members, devices)
-    return members, devices, seen
+    return members, devices, seen, {members[public_id][0]: version for public_id, version in versions.items()}
 
 
 # --- what this process last found of a conversation (PostgreSQL) --------------------------------
@@ -879,9 +901,9 @@ def _forget(fast: list[FastSend]) -> None:
         _known.pop(_uuid(item.conversation_id), None)
 
 
-def _known_lookups(items: list[BatchSend]) -> tuple[Lookups, dict[int, int]] | None:
-    """_batch_lookups from what was last found, when every conversation of the batch is known;
-    → (look-ups, conversation pk → the roster version the store must check), else None."""
+def _known_lookups(items: list[BatchSend]) -> Lookups | None:
+    """_batch_lookups from what was last found, when every conversation of the batch is known
+    (its roster versions are what the store must check), else None."""
     members: dict[Any, tuple[int, set[int]]] = {}
     devices: dict[int, list[tuple[int, str, int]]] = {}
     versions: dict[int, int] = {}
@@ -892,7 +914,7 @@ def _known_lookups(items: list[BatchSend]) -> tuple[Lookups, dict[int, int]] | N
             return None
         conv_pk, users, conv_devices, versions[conv_pk] = known
         members[public_id], devices[conv_pk] = (conv_pk, users), conv_devices
-    return (members, devices, set()), versions
+    return members, devices, set(), versions
 
 
 FastSend = tuple[BatchSend, int, dict[tuple[str, int], int]]  # (item, conversation pk, (user id, device id) → device pk)
@@ -950,26 +972,43 @@ def messages_send_batch(*, items: list[BatchSend]) -> None:
     was nine, each a wait for the database thread under load). Every item gets its answer
     (or error) only after the commit. Anything unusual — a repeat, a mismatch, a constraint
     race — goes through message_send on its own, which answers exactly as before."""
-    known = _known_lookups(items) if connection.vendor == "postgresql" else None
-    lookups, versions = known if known is not None else (_batch_lookups(items), None)
-    fast, slow = _batch_partition(items, *lookups)
-    if fast:
-        try:
-            if versions is not None and not _store_known(fast, versions):
-                # A member or a device changed since the conversation was last looked up, or a
-                # send repeats a stored one: nothing was stored. Look it up and store as usual.
-                _forget(fast)
-                again = [item for item, _, _ in fast]
-                fast, more = _batch_partition(again, *_batch_lookups(again))
-                slow.extend(more)
-                versions = None
-            if versions is None and fast:
-                _store_batch(fast)
-        except (IntegrityError, OperationalError) as exc:  # a concurrent repeat, or a deadlock: each on its own
-            if not _nothing_stored(exc):
-                raise
+    if connection.vendor != "postgresql":
+        _send_one_by_one(_send_batch_portable(items))
+        return
+    # The store always checks, under the conversations' row locks, that each roster version is
+    # still the one its look-up read, whether that look-up was this batch's or an earlier one's
+    # (_known): a member or device changed or deleted between the two stores nothing.
+    lookups = _known_lookups(items)
+    looked_up = lookups is None
+    if lookups is None:
+        lookups = _batch_lookups(items)
+    fast, slow = _batch_partition(items, *lookups[:3])
+    while fast and not _store_known(fast, lookups[3]):
+        # A roster changed since the look-up, a send repeats a stored one, or PostgreSQL broke a
+        # deadlock: nothing was stored. Look up what was remembered; after a fresh look-up,
+        # each send on its own.
+        _forget(fast)
+        if looked_up:
             slow.extend(_batch_refused(fast))
+            break
+        again = [item for item, _, _ in fast]
+        lookups, looked_up = _batch_lookups(again), True
+        fast, more = _batch_partition(again, *lookups[:3])
+        slow.extend(more)
     _send_one_by_one(slow)
+
+
+def _send_batch_portable(items: list[BatchSend]) -> list[BatchSend]:
+    """messages_send_batch on SQLite: the look-up and the store in one IMMEDIATE transaction, so
+    no other writer (a delete) comes between them. → the sends to answer one by one."""
+    with transaction.atomic():
+        fast, slow = _batch_partition(items, *_batch_lookups(items)[:3])
+        if fast:
+            try:
+                _store_batch(fast, {})
+            except IntegrityError:  # a repeat the look-up missed: nothing stored, each on its own
+                slow.extend(_batch_refused(fast))
+    return slow
 
 
 def _nothing_stored(exc: Exception) -> bool:
@@ -981,9 +1020,9 @@ def _nothing_stored(exc: Exception) -> bool:
 
 
 def _store_known(fast: list[FastSend], versions: dict[int, int]) -> bool:
-    """_store_batch for conversations known from an earlier look-up; False if nothing was
-    stored because a roster changed since, because a send repeats a stored one (the look-up
-    that follows finds which), or because PostgreSQL broke a deadlock."""
+    """_store_batch checked against the roster versions a look-up read; False if nothing was
+    stored because a roster changed since, because a send repeats a stored one (a look-up
+    finds which), or because PostgreSQL broke a deadlock."""
     try:
         return _store_batch(fast, versions)
     except (IntegrityError, OperationalError) as exc:
@@ -1050,16 +1089,17 @@ def _random_uuids(n: int) -> list[str]:
 
 
 @functools.cache
-def _store_batch_sql(checked: bool = False) -> str:
-    """The group commit's statement; `checked`: it stores only if the batch's conversations all
-    still exist with the roster versions given (%(rv)s, in the order of %(pks)s), read from the
-    locked rows, so a change committed meanwhile is seen (see _known). A repeat among the sends
+def _store_batch_sql() -> str:
+    """The group commit's statement. It stores only if the batch's conversations all still exist
+    with the roster versions given (%(rv)s, in the order of %(pks)s), read from the locked rows,
+    so a change committed since the look-up is seen (see _known), a deleted device or member
+    too (the database has no foreign key to refuse it, messaging.models.Message). A repeat among the sends
     is refused by the idempotency index (IntegrityError, nothing stored): looking for repeats
     in the statement itself read the message table, and the plan PostgreSQL cached for that
     while the table was small scanned all of it as it grew (measured: 1.5 ms a batch)."""
     c, m, d = Conversation._meta.db_table, Message._meta.db_table, Delivery._meta.db_table
     # both arrays in id order; a conversation deleted meanwhile makes them differ too
-    gate = "AND (SELECT array_agg(roster_version ORDER BY id) FROM locked) = %(rv)s::bigint[] " if checked else ""
+    gate = "AND (SELECT array_agg(roster_version ORDER BY id) FROM locked) = %(rv)s::bigint[] "
     return (
         f"WITH locked AS MATERIALIZED (SELECT id, roster_version FROM {c} WHERE id = ANY(%(pks)s::bigint[]) ORDER BY id FOR UPDATE), "
         f"taken AS (UPDATE {c} AS c SET last_seq = c.last_seq + v.k, last_activity_at = %(now)s "
@@ -1079,7 +1119,7 @@ def _store_batch_sql(checked: bool = False) -> str:
     )
 
 
-def _store_batch_statement(fast: list[FastSend], now: datetime, versions: dict[int, int] | None = None) -> tuple[str, dict[str, Any], list[str]]:
+def _store_batch_statement(fast: list[FastSend], now: datetime, versions: dict[int, int]) -> tuple[str, dict[str, Any], list[str]]:
     """The whole group commit as one PostgreSQL statement, so one round trip and, outside a
     transaction, its own: lock the batch's conversations in id order (two batches never deadlock), take
     k sequence numbers per conversation, insert the messages and their deliveries over unnest()
@@ -1112,11 +1152,9 @@ def _store_batch_statement(fast: list[FastSend], now: datetime, versions: dict[i
         "dm": _pg_array(d_message),
         "dd": _pg_array(d_device),
         "dc": _pg_bytea_array(d_ciphertext),
+        "rv": _pg_array([versions[pk] for pk in pks]),
     }
-    if versions is None:
-        return _store_batch_sql(), params, public_ids
-    params["rv"] = _pg_array([versions[pk] for pk in pks])
-    return _store_batch_sql(checked=True), params, public_ids
+    return _store_batch_sql(), params, public_ids
 
 
 StoredSend = tuple[Any, int, datetime, datetime | None, list[tuple[int, int, bytes]]]  # public id, seq, created, expires, [(delivery pk, device pk, ciphertext)]
@@ -1144,14 +1182,14 @@ def _store_batch_results(rows: list[tuple[Any, ...]], public_ids: list[str], fas
     return out
 
 
-def _store_batch_postgresql(fast: list[FastSend], now: datetime, versions: dict[int, int] | None = None) -> list[StoredSend] | None:
+def _store_batch_postgresql(fast: list[FastSend], now: datetime, versions: dict[int, int]) -> list[StoredSend] | None:
     """→ what was stored; None if the roster versions given were not the database's (nothing stored)."""
     sql, params, public_ids = _store_batch_statement(fast, now, versions)
     # Inside an outer transaction (a test's) a savepoint keeps a constraint error recoverable.
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), _bound_cursor(sql) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    if versions is not None and not rows:  # the check failed (a stored batch returns a row per message)
+    if not rows:  # the check failed (a stored batch returns a row per message)
         return None
     return _store_batch_results(rows, public_ids, fast, now)
 
@@ -1195,9 +1233,9 @@ def _store_batch_portable(fast: list[FastSend], now: datetime) -> list[StoredSen
     ]
 
 
-def _store_batch(fast: list[FastSend], versions: dict[int, int] | None = None) -> bool:
-    """Store and answer; False if the roster `versions` (PostgreSQL) were no longer the
-    database's: nothing stored."""
+def _store_batch(fast: list[FastSend], versions: dict[int, int]) -> bool:
+    """Store and answer; False if the roster `versions` (PostgreSQL; SQLite's are {}) were no
+    longer the database's: nothing stored."""
     now = timezone.now()
     stored = _store_batch_postgresql(fast, now, versions) if connection.vendor == "postgresql" else _store_batch_portable(fast, now)
     if stored is None:
