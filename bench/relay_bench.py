@@ -56,6 +56,24 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # sends 10,000 frames on one socket, far above a person's 200 frames/s).
 SERVER_ENV = {"ENIGMO_LOG_LEVEL": "WARNING", "ENIGMO_RATE_LIMITS": "0", "ENIGMO_WS_FRAME_RATE": "1000000/0.000001"}
 BATCH_QUERY = ["batch=1"]  # the driver reads batch frames, as Enigmo's own clients do (--no-batch: one frame each)
+GO_BUILD_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOCACHE": "/tmp/gocache"}
+GO_DRIVER = ROOT / "var" / "enigmo-load"  # built from bench/enigmo-load
+GO_LIMIT_DRIVER = ROOT / "var" / "wsload-go"  # built from ../shared/bench/wsload-go
+
+
+def build_go_drivers() -> str | None:
+    """Build the compiled drivers (Enigmo's and the raw relay's) → None, or why they cannot be."""
+    sources = [(ROOT / "bench" / "enigmo-load", GO_DRIVER), (SHARED_BENCH / "wsload-go", GO_LIMIT_DRIVER)]
+    for source, target in sources:
+        if not source.is_dir():
+            return f"{source} not found"
+        try:
+            built = subprocess.run(["go", "build", "-o", str(target), "."], cwd=source, env={**os.environ, **GO_BUILD_ENV}, capture_output=True, text=True, timeout=300)
+        except FileNotFoundError:
+            return "no Go toolchain (apt-get install golang-go golang-github-gorilla-websocket-dev)"
+        if built.returncode:
+            return f"go build {source.name} failed: {built.stderr.strip()[-500:]}"
+    return None
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -125,9 +143,9 @@ class CpuUsage:
     """CPU used from construction to stop(): the servers' and PostgreSQL's seconds, and the share
     of a core used by the servers, this driver, PostgreSQL and Redis, with each core's busy share."""
 
-    def __init__(self, servers: Servers) -> None:
-        self.servers = servers
-        self.server0, self.pg0, self.own0 = servers.cpu(), postgres_cpu(), own_cpu_seconds()
+    def __init__(self, servers: Servers, driver_pid: int | None = None) -> None:
+        self.servers, self.driver_pid = servers, driver_pid
+        self.server0, self.pg0, self.own0 = servers.cpu(), postgres_cpu(), self.driver_cpu()
         self.cores0, self.redis0, self.t0 = core_jiffies(), redis_cpu(), time.perf_counter()
 
     def stop(self) -> tuple[float, float | None, dict[str, float | None]]:
@@ -136,13 +154,17 @@ class CpuUsage:
         pg = postgres_cpu_since(self.pg0, self.servers.list[0].database_url)
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         shares = {
-            "driver_cpu_pct": 100 * (own_cpu_seconds() - self.own0) / elapsed,
+            "driver_cpu_pct": 100 * (self.driver_cpu() - self.own0) / elapsed,
             "server_cpu_pct": 100 * server / elapsed,
             "pg_cpu_pct": 100 * pg / elapsed if pg is not None else None,
             "redis_cpu_pct": 100 * (redis_cpu() - self.redis0) / elapsed,
             **{f"core{i}_busy_pct": busy for i, busy in enumerate(cores_busy_since(self.cores0))},
         }
         return server, pg, shares
+
+    def driver_cpu(self) -> float:
+        """This process's CPU, and the compiled driver's when one runs the load."""
+        return own_cpu_seconds() + (proc_cpu_seconds(self.driver_pid) if self.driver_pid else 0.0)
 
 
 def proc_kb(pid: int, key: str) -> int:
@@ -333,11 +355,93 @@ def send_frame(chat: str, to: str, at: float, size: int, device_id: int = 1) -> 
     )
 
 
+class GoDriver:
+    """bench/enigmo-load driving one loop over the seeded pairs (closed: `messages` per sender;
+    open: `total` envelopes at `rate` msg/s): started, it connects every socket and drains its
+    queue; run() starts the measured phase and stops `usage` when it is over."""
+
+    def __init__(self, args: argparse.Namespace, cast: list[list[str]], rx_url: str, tx_url: str, **shape: Any) -> None:
+        self.config = {
+            "rx_url": rx_url, "tx_url": tx_url, "query": BATCH_QUERY[0], "window": args.window, "size": args.size, "drain_seconds": args.drain_seconds,
+            "pairs": [{"tx": tx, "rx": rx, "chat": chat, "to": to} for tx, rx, chat, _, to in cast], **shape,
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> int:
+        path = Path(f"/tmp/enigmo-load-{os.getpid()}.json")
+        path.write_text(json.dumps(self.config))
+        self.process = await asyncio.create_subprocess_exec(  # inherits core 1 with --pin
+            str(GO_DRIVER), "-config", str(path), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={**os.environ, "GOMAXPROCS": "1"}
+        )
+        await self.expect("ready", 300)
+        return self.process.pid
+
+    async def expect(self, word: str, timeout: float) -> str:
+        assert self.process and self.process.stdout
+        line = (await asyncio.wait_for(self.process.stdout.readline(), timeout)).decode()
+        if not line.startswith(word):
+            await self.process.wait()
+            raise RuntimeError(f"enigmo-load: expected {word!r}, got {line!r} (exit {self.process.returncode})")
+        return line
+
+    async def say(self, word: str) -> None:
+        assert self.process and self.process.stdin
+        self.process.stdin.write(word.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def run(self, usage: CpuUsage) -> tuple[dict[str, Any], tuple[float, float | None, dict[str, float | None]]]:
+        """→ (the driver's result, usage.stop())."""
+        assert self.process
+        await self.say("go")
+        await self.expect("done", 600)
+        measured = usage.stop()
+        await self.say("report")
+        result = json.loads(await self.expect("{", 120))
+        await self.process.wait()
+        return result, measured
+
+
+async def closed_loop_go(args: argparse.Namespace, conns: int, processes: int, on_start: Any, messages: int) -> dict[str, Any]:
+    """closed_loop with the compiled driver."""
+    with Servers(args, processes) as servers:
+        base_rss = proc_kb(servers.list[0].process.pid, "VmRSS")
+        cast = await asyncio.to_thread(seed, servers.list[0].database_url, conns // 2, uuid.uuid4().hex[:6])
+        driver = GoDriver(args, cast, servers.list[0].ws_url, servers.list[-1].ws_url, messages=messages)
+        driver_pid = await driver.start()
+        print(f"  {conns} sockets connected and drained (enigmo-load)", flush=True)
+        await asyncio.sleep(1)
+        rss_per_conn = sum(proc_kb(s.process.pid, "VmRSS") for s in servers.list) - base_rss * processes
+        await asyncio.to_thread(settle_database, servers.list[0].database_url)
+        usage = CpuUsage(servers, driver_pid)
+        if on_start:
+            on_start([s.process.pid for s in servers.list])
+        result, (cpu, pg_cpu, shares) = await driver.run(usage)
+        peak_rss_kb = sum(proc_kb(s.process.pid, "VmHWM") for s in servers.list)
+    n, wall = result["delivered"], result["duration_s"]
+    if result["errors"]:
+        print(f"  {result['errors']} sends answered with an error", file=sys.stderr)
+    return {
+        "msgs_per_s": n / wall if wall > 0 else 0.0,
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "cpu_us_per_msg": 1e6 * cpu / n if n else float("nan"),
+        "pg_cpu_us_per_msg": 1e6 * pg_cpu / n if n and pg_cpu is not None else None,
+        "rss_kb_per_conn": rss_per_conn / conns,
+        "peak_rss_mib": peak_rss_kb / 1024,
+        **shares,
+        "stored": result["stored"],
+        "delivered": n,
+        "lost": result["lost"],
+    }
+
+
 async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1, on_start: Any = None, messages: int | None = None) -> dict[str, Any]:
     """`on_start(server pids)` is called as the measured phase starts (the profiler's hook);
     `messages` overrides --messages per sender."""
     pairs = conns // 2
     messages = messages or args.messages
+    if args.driver == "go":
+        return await closed_loop_go(args, conns, processes, on_start, messages)
     with Servers(args, processes) as servers:
         base_rss = proc_kb(servers.list[0].process.pid, "VmRSS")
         cast = await asyncio.to_thread(seed, servers.list[0].database_url, pairs, uuid.uuid4().hex[:6])
@@ -394,7 +498,35 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1, 
     }
 
 
+async def open_loop_go(args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """open_loop with the compiled driver."""
+    with Servers(args) as servers:
+        server = servers.list[0]
+        cast = await asyncio.to_thread(seed, server.database_url, args.open_conns // 2, uuid.uuid4().hex[:6])
+        total = int(rate * args.open_seconds)
+        driver = GoDriver(args, cast, server.ws_url, server.ws_url, rate=rate, total=total)
+        driver_pid = await driver.start()
+        await asyncio.to_thread(settle_database, server.database_url)
+        await asyncio.sleep(1)
+        print("  sending (the open loop starts here: profile the server from now)", flush=True)
+        result, (cpu, pg_cpu, shares) = await driver.run(CpuUsage(servers, driver_pid))
+    n = max(1, result["delivered"])
+    return {
+        **shares,
+        "msgs_per_s": rate,
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "cpu_us_per_msg": 1e6 * cpu / n,
+        "pg_cpu_us_per_msg": 1e6 * pg_cpu / n if pg_cpu is not None else None,
+        "stored": result["stored"],
+        "delivered": result["delivered"],
+        "lost": result["lost"],
+    }
+
+
 async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    if args.driver == "go":
+        return await open_loop_go(args, rate)
     pairs = args.open_conns // 2
     with Servers(args) as servers:
         server = servers.list[0]
@@ -542,7 +674,7 @@ async def group(args: argparse.Namespace, members: int) -> dict[str, Any]:
 
 def limit_run(args: argparse.Namespace, conns: int) -> dict[str, Any] | None:
     """The raw relay with the same shape (connections, messages per sender, size, window)."""
-    relay, load = SHARED_BENCH / "relay_limit.py", SHARED_BENCH / "wsload.py"
+    relay, load = SHARED_BENCH / "relay_limit.py", SHARED_BENCH / "wsload.py"  # or wsload-go (--driver go)
     if not (relay.exists() and load.exists()):
         print("relay_limit.py / wsload.py not found; skipping the limit", file=sys.stderr)
         return None
@@ -554,8 +686,15 @@ def limit_run(args: argparse.Namespace, conns: int) -> dict[str, Any] | None:
     try:
         time.sleep(1.0)
         driver = ["taskset", "-c", "1"] if args.pin else []
-        cmd = [*driver, sys.executable, str(load), "--url", f"ws://127.0.0.1:{port}/ws/%ID%", "--conns", str(conns), "--messages", str(args.messages), "--size", str(args.size), "--window", str(args.window), "--loop", "asyncio", "--watch", f"relay={server.pid}", "--json", str(result_path)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        shape = ["--url", f"ws://127.0.0.1:{port}/ws/%ID%", "--conns", str(conns), "--messages", str(args.messages), "--size", str(args.size), "--window", str(args.window)]
+        if args.driver == "go":  # wsload-go: Go's flag package takes the same words with one dash
+            rss_before = proc_kb(server.pid, "VmRSS")
+            cmd = [*driver, str(GO_LIMIT_DRIVER), *(a.removeprefix("-") if a.startswith("--") else a for a in shape), "-watch", f"relay={server.pid}", "-json", str(result_path)]
+        else:
+            cmd = [*driver, sys.executable, str(load), *shape, "--loop", "asyncio", "--watch", f"relay={server.pid}", "--json", str(result_path)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "GOMAXPROCS": "1"})
+        if args.driver == "go":
+            peak_kb = proc_kb(server.pid, "VmHWM")
         try:
             raw = json.loads(result_path.read_text().strip().splitlines()[-1])
         except (ValueError, IndexError, OSError):
@@ -565,6 +704,9 @@ def limit_run(args: argparse.Namespace, conns: int) -> dict[str, Any] | None:
         server.terminate()
         server.wait(timeout=10)
     watched = next(iter(raw.get("servers", {}).values()), {})
+    if args.driver == "go":  # wsload-go reports neither RSS growth nor loss: from the relay's peak and its counts
+        watched["rss_connected_mb"], watched["rss_before_mb"] = peak_kb / 1024, rss_before / 1024
+        raw["lost"] = 0 if raw.get("timeout") is False and raw.get("received") == raw.get("expected") else (raw.get("expected", 0) - raw.get("received", 0))
     return {
         "msgs_per_s": float(raw.get("msgs_per_s") or 0),
         "p50_ms": raw["lat_ms"]["p50"],
@@ -810,6 +952,9 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true", help="server on core 0; driver, PostgreSQL and Redis on core 1 (two servers: one per core)")
     parser.add_argument("--limit", action="store_true", help="also measure ../shared/bench/relay_limit.py in the same run")
     parser.add_argument("--no-batch", action="store_true", help="one WebSocket frame per server frame (no ?batch=1)")
+    parser.add_argument("--driver", choices=["go", "python"], default="go",
+                        help="closed and open loops (and the raw relay) driven by the compiled drivers (bench/enigmo-load, ../shared/bench/wsload-go; "
+                        "built on start, Python's if Go is missing) or by this process and wsload.py")
     parser.add_argument("--profile-server", type=ints, default=[], help="connection counts: one more closed-loop run each with py-spy on the server")
     parser.add_argument("--profile-seconds", type=int, default=5, help="how long py-spy samples, whole seconds (within the measured phase)")
     parser.add_argument("--profile-messages", type=int, default=200, help="envelopes per sender in the profiled run (a phase longer than the sampling)")
@@ -820,8 +965,12 @@ def main() -> None:
     if args.no_batch:
         BATCH_QUERY[0] = ""
     args.profile = "production (PostgreSQL + Redis)" if os.environ.get("REDIS_URL") else "embedded (SQLite + in-memory layer)"
+    if args.driver == "go" and (why := build_go_drivers()):
+        print(f"compiled drivers unavailable ({why}): the Python drivers run the load", file=sys.stderr)
+        args.driver = "python"
     print(f"profile: {args.profile}; {args.size} B ciphertexts, window {args.window}, {args.repeat} repetition(s), "
-          f"{'one frame per server frame' if args.no_batch else 'batch frames (?batch=1)'}", flush=True)
+          f"{'one frame per server frame' if args.no_batch else 'batch frames (?batch=1)'}, "
+          f"{'compiled drivers (enigmo-load, wsload-go)' if args.driver == 'go' else 'Python drivers (this process, wsload.py)'}", flush=True)
     results = asyncio.run(run_all(args))
     print(table(results))
     print()
@@ -835,7 +984,7 @@ def main() -> None:
             print()
             print("\n".join(describe_profile(row)))
     if args.json:
-        meta = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), "nproc": os.cpu_count(), "loadavg": os.getloadavg()}
+        meta = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), "nproc": os.cpu_count(), "loadavg": os.getloadavg(), "driver": args.driver}
         Path(args.json).write_text(json.dumps([{**row, **meta} for row in results], indent=1) + "\n")
 
 
