@@ -67,6 +67,7 @@ def build_go_drivers() -> str | None:
     for source, target in sources:
         if not source.is_dir():
             return f"{source} not found"
+        target.parent.mkdir(exist_ok=True)
         try:
             built = subprocess.run(["go", "build", "-o", str(target), "."], cwd=source, env={**os.environ, **GO_BUILD_ENV}, capture_output=True, text=True, timeout=300)
         except FileNotFoundError:

@@ -63,7 +63,7 @@ class Receiver:
                     else:
                         self.other.append(frame)
                 self.close_codes.append(self.ws.close_code)
-            except (TimeoutError, OSError, websockets.ConnectionClosed, websockets.InvalidStatus) as exc:
+            except (OSError, websockets.ConnectionClosed, websockets.InvalidStatus, asyncio.TimeoutError) as exc:
                 self.close_codes.append(getattr(getattr(exc, "rcvd", None), "code", None))
             if not self.reconnect:
                 return

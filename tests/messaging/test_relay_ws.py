@@ -14,7 +14,7 @@ from messaging import services
 from messaging.models import Call, Delivery
 from tests.messaging.helpers import NOWHERE, fanout, send
 from tests.messaging.ws import closed_with, connect, frames_until, next_of, silent
-from tests.support import unb64
+from tests.support import b64, unb64
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
