@@ -356,6 +356,24 @@ def send_frame(chat: str, to: str, at: float, size: int, device_id: int = 1) -> 
     )
 
 
+def loop_figures(msgs_per_s: float, delivered: int, p50_ms: float, p99_ms: float, cpu: float, pg_cpu: float | None,
+                 shares: dict[str, float | None], stored: int, lost: int, **more: Any) -> dict[str, Any]:
+    """A closed or open loop's row, whichever driver ran it (CPU per envelope delivered)."""
+    per = max(1, delivered)
+    return {
+        "msgs_per_s": msgs_per_s,
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
+        "cpu_us_per_msg": 1e6 * cpu / per,
+        "pg_cpu_us_per_msg": 1e6 * pg_cpu / per if pg_cpu is not None else None,
+        **more,
+        **shares,
+        "stored": stored,
+        "delivered": delivered,
+        "lost": lost,
+    }
+
+
 class GoDriver:
     """bench/enigmo-load driving one loop over the seeded pairs (closed: `messages` per sender;
     open: `total` envelopes at `rate` msg/s): started, it connects every socket and drains its
@@ -421,19 +439,8 @@ async def closed_loop_go(args: argparse.Namespace, conns: int, processes: int, o
     n, wall = result["delivered"], result["duration_s"]
     if result["errors"]:
         print(f"  {result['errors']} sends answered with an error", file=sys.stderr)
-    return {
-        "msgs_per_s": n / wall if wall > 0 else 0.0,
-        "p50_ms": result["p50_ms"],
-        "p99_ms": result["p99_ms"],
-        "cpu_us_per_msg": 1e6 * cpu / n if n else float("nan"),
-        "pg_cpu_us_per_msg": 1e6 * pg_cpu / n if n and pg_cpu is not None else None,
-        "rss_kb_per_conn": rss_per_conn / conns,
-        "peak_rss_mib": peak_rss_kb / 1024,
-        **shares,
-        "stored": result["stored"],
-        "delivered": n,
-        "lost": result["lost"],
-    }
+    return loop_figures(n / wall if wall > 0 else 0.0, n, result["p50_ms"], result["p99_ms"], cpu, pg_cpu, shares, result["stored"], result["lost"],
+                        rss_kb_per_conn=rss_per_conn / conns, peak_rss_mib=peak_rss_kb / 1024)
 
 
 async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1, on_start: Any = None, messages: int | None = None) -> dict[str, Any]:
@@ -484,19 +491,8 @@ async def closed_loop(args: argparse.Namespace, conns: int, processes: int = 1, 
         for device in receivers + senders:
             await device.close()
     n = len(received)
-    return {
-        "msgs_per_s": n / wall if wall > 0 else 0.0,
-        "p50_ms": 1000 * pct(latencies, 0.5),
-        "p99_ms": 1000 * pct(latencies, 0.99),
-        "cpu_us_per_msg": 1e6 * cpu / n if n else float("nan"),
-        "pg_cpu_us_per_msg": 1e6 * pg_cpu / n if n and pg_cpu is not None else None,
-        "rss_kb_per_conn": rss_per_conn / conns,
-        "peak_rss_mib": peak_rss_kb / 1024,
-        **shares,
-        "stored": len(stored),
-        "delivered": n,
-        "lost": len(stored - received),
-    }
+    return loop_figures(n / wall if wall > 0 else 0.0, n, 1000 * pct(latencies, 0.5), 1000 * pct(latencies, 0.99), cpu, pg_cpu, shares,
+                        len(stored), len(stored - received), rss_kb_per_conn=rss_per_conn / conns, peak_rss_mib=peak_rss_kb / 1024)
 
 
 async def open_loop_go(args: argparse.Namespace, rate: float) -> dict[str, Any]:
@@ -511,18 +507,7 @@ async def open_loop_go(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         await asyncio.sleep(1)
         print("  sending (the open loop starts here: profile the server from now)", flush=True)
         result, (cpu, pg_cpu, shares) = await driver.run(CpuUsage(servers, driver_pid))
-    n = max(1, result["delivered"])
-    return {
-        **shares,
-        "msgs_per_s": rate,
-        "p50_ms": result["p50_ms"],
-        "p99_ms": result["p99_ms"],
-        "cpu_us_per_msg": 1e6 * cpu / n,
-        "pg_cpu_us_per_msg": 1e6 * pg_cpu / n if pg_cpu is not None else None,
-        "stored": result["stored"],
-        "delivered": result["delivered"],
-        "lost": result["lost"],
-    }
+    return loop_figures(rate, result["delivered"], result["p50_ms"], result["p99_ms"], cpu, pg_cpu, shares, result["stored"], result["lost"])
 
 
 async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
@@ -567,17 +552,7 @@ async def open_loop(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         latencies = [x for r in receivers for x in r.latencies]
         for device in receivers + senders:
             await device.close()
-    return {
-        **shares,
-        "msgs_per_s": rate,
-        "p50_ms": 1000 * pct(latencies, 0.5),
-        "p99_ms": 1000 * pct(latencies, 0.99),
-        "cpu_us_per_msg": 1e6 * cpu / max(1, len(received)),
-        "pg_cpu_us_per_msg": 1e6 * pg_cpu / max(1, len(received)) if pg_cpu is not None else None,
-        "stored": len(stored),
-        "delivered": len(received),
-        "lost": len(stored - received),
-    }
+    return loop_figures(rate, len(received), 1000 * pct(latencies, 0.5), 1000 * pct(latencies, 0.99), cpu, pg_cpu, shares, len(stored), len(stored - received))
 
 
 async def idle(args: argparse.Namespace, conns: int) -> dict[str, Any]:

@@ -101,6 +101,31 @@ def store_held_open(batch):
     return thread, outcome, release
 
 
+def chat_and_group_known(api, alice, bob, eve):
+    """alice and bob's chat and a group of the three, each with one message stored, so the next
+    batches to them skip the look-up (their rosters are remembered)."""
+    chat = open_direct(api, alice, bob)
+    group = open_group(api, alice, bob, eve)
+    services.messages_send_batch(items=[item(alice, chat, bob), item(alice, group, bob, eve)])
+    return chat, group
+
+
+def send_deleting_after_first_check(monkeypatch, send, chat, delete):
+    """message_send with `delete()` run right after its first recipient check, before it takes
+    the conversation's lock."""
+    real, calls = services._check_coverage, []
+
+    def check_then_delete(*args):
+        found = real(*args)
+        calls.append(1)
+        if len(calls) == 1:
+            delete()
+        return found
+
+    monkeypatch.setattr(services, "_check_coverage", check_then_delete)
+    services.message_send(sender_device=send.sender_device, conversation_id=chat, client_message_id=send.client_message_id, recipients=send.recipients)
+
+
 def race(batch, delete):
     """The batch is stored but not committed; `delete` starts and must wait for it; then the
     batch commits and the delete finishes. → the delete's outcome."""
@@ -136,9 +161,7 @@ def test_a_device_deleted_while_a_batch_to_it_commits_keeps_no_copy_for_it(api, 
 
 @postgresql_only
 def test_a_user_deleted_while_their_batch_commits_leaves_their_messages_without_a_sender(api, alice, bob, eve):
-    chat = open_direct(api, alice, bob)
-    group = open_group(api, alice, bob, eve)
-    services.messages_send_batch(items=[item(alice, chat, bob), item(alice, group, bob, eve)])
+    chat, group = chat_and_group_known(api, alice, bob, eve)
     batch = [item(alice, chat, bob), item(alice, group, bob, eve)]
     User = get_user_model()
 
@@ -155,9 +178,7 @@ def test_a_user_deleted_while_their_batch_commits_leaves_their_messages_without_
 
 @postgresql_only
 def test_a_conversation_deleted_while_a_batch_to_it_commits_is_deleted_with_that_batch(api, alice, bob, eve):
-    chat = open_direct(api, alice, bob)
-    group = open_group(api, alice, bob, eve)
-    services.messages_send_batch(items=[item(alice, chat, bob), item(alice, group, bob, eve)])
+    chat, group = chat_and_group_known(api, alice, bob, eve)
     batch = [item(bob, chat, alice), item(alice, chat, bob), item(eve, group, alice, bob)]
 
     deleted = race(batch, lambda: Conversation.objects.filter(public_id=chat).delete())  # as the admin's bulk action does
@@ -212,21 +233,9 @@ def test_a_device_deleted_between_a_sends_checks_and_its_store_gets_no_copy(api,
     copy and the sender learns which device is extra (409), as for any other mismatch."""
     chat = open_direct(api, alice, bob)
     laptop = bob.link_device(api, "laptop")
-    real, calls = services._check_coverage, []
-
-    def check_then_delete(*args):
-        found = real(*args)
-        calls.append(1)
-        if len(calls) == 1:
-            device(bob, laptop.device_id).delete()
-        return found
-
-    monkeypatch.setattr(services, "_check_coverage", check_then_delete)
     send = item(alice, chat, bob, device_ids={bob.username: [bob.device.device_id, laptop.device_id]})
     with pytest.raises(errors.DeviceMismatch) as refused:
-        services.message_send(
-            sender_device=send.sender_device, conversation_id=chat, client_message_id=send.client_message_id, recipients=send.recipients
-        )
+        send_deleting_after_first_check(monkeypatch, send, chat, lambda: device(bob, laptop.device_id).delete())
 
     assert refused.value.extra["extra"] == [{"user_id": bob.username, "device_id": laptop.device_id}]
     assert not Message.objects.exists() and not Delivery.objects.exists()
@@ -236,21 +245,9 @@ def test_a_device_deleted_between_a_sends_checks_and_its_store_gets_no_copy(api,
 
 def test_a_sender_deleted_between_a_sends_checks_and_its_store_stores_nothing(api, alice, bob, monkeypatch):
     chat = open_direct(api, alice, bob)
-    real, calls = services._check_coverage, []
-
-    def check_then_delete(*args):
-        found = real(*args)
-        calls.append(1)
-        if len(calls) == 1:
-            get_user_model().objects.filter(username=alice.username).delete()
-        return found
-
-    monkeypatch.setattr(services, "_check_coverage", check_then_delete)
     send = item(alice, chat, bob)
     with pytest.raises(errors.ConversationNotFound):
-        services.message_send(
-            sender_device=send.sender_device, conversation_id=chat, client_message_id=send.client_message_id, recipients=send.recipients
-        )
+        send_deleting_after_first_check(monkeypatch, send, chat, lambda: get_user_model().objects.filter(username=alice.username).delete())
 
     assert not Message.objects.exists() and not Delivery.objects.exists()
     assert dangling() == NONE_DANGLING
