@@ -24,3 +24,16 @@ def publish(groups: Iterable[str], event: dict[str, Any]) -> None:
         return
     targets = list(groups)
     transaction.on_commit(lambda: box.extend((group, event) for group in targets))
+
+
+def publish_each(pairs: list[tuple[str, dict[str, Any]]]) -> None:
+    """publish() for many (group, event) pairs at once: one commit hook for all of them (a hook
+    per receipt was ~7 % of the relay's CPU under load, most of it finding the connection)."""
+    if not pairs:
+        return
+    box = OUTBOX.get()
+    if box is None:
+        for group, event in pairs:
+            send_after_commit([group], event)
+        return
+    transaction.on_commit(lambda: box.extend(pairs))

@@ -29,7 +29,7 @@ from enigmo.realtime import device_group, user_group
 from keys.models import Device, IdentityKey
 from keys.selectors import active_device_ids
 from messaging import errors, presence
-from messaging.events import publish
+from messaging.events import publish, publish_each
 from messaging.models import (
     Call,
     Conversation,
@@ -410,10 +410,12 @@ def deliveries_ack_sent_many(*, acks: list[tuple[Device, list[tuple[int, str, st
         Delivery.objects.filter(pk__in=pks, device_id__in={device.pk for device, _ in acks}, delivered_at__isnull=True).update(
             delivered_at=timezone.now(), ciphertext=None
         )
-    for device, sent in acks:
-        for _, message_id, conversation_id, sender_pk in sent:
-            if sender_pk and sender_pk != device.user_id:
-                publish([user_group(sender_pk)], _event(_receipt(message_id, conversation_id, device, "delivered")))
+    publish_each([
+        (user_group(sender_pk), _event(_receipt(message_id, conversation_id, device, "delivered")))
+        for device, sent in acks
+        for _, message_id, conversation_id, sender_pk in sent
+        if sender_pk and sender_pk != device.user_id
+    ])
 
 
 def message_delivered(*, device: Device, message_id: Any) -> None:
@@ -1085,7 +1087,16 @@ def _random_uuids(n: int) -> list[str]:
     if len(pool) < 16 * n or getattr(_random_pool, "pid", None) != os.getpid():
         pool, _random_pool.pid = os.urandom(16 * max(n, 256)), os.getpid()
     _random_pool.bytes = pool[16 * n :]
-    return [str(uuid.UUID(bytes=pool[at : at + 16], version=4)) for at in range(0, 16 * n, 16)]
+    # uuid.UUID(bytes=…, version=4) in text, without an object per id: the version nibble
+    # becomes 4 and the variant's two top bits 10 (RFC 4122); the other 122 bits stay random.
+    h = pool[: 16 * n].hex()
+    return [
+        f"{h[at : at + 8]}-{h[at + 8 : at + 12]}-4{h[at + 13 : at + 16]}-{_VARIANT[h[at + 16]]}{h[at + 17 : at + 20]}-{h[at + 20 : at + 32]}"
+        for at in range(0, 32 * n, 32)
+    ]
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 @functools.cache

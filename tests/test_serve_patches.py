@@ -1,7 +1,8 @@
 """enigmo.serve's changes to twisted's hot path. The direct write: a frame goes to the socket at
 once when nothing is queued, and what the kernel does not take (or an error) goes through
 twisted's queue, in order. The dispatch without a log context: a failing callback is logged,
-never raised into the loop. The integer masker: RFC 6455's unmasking, also across pieces."""
+never raised into the loop. The integer masker: RFC 6455's unmasking, also across pieces. The
+relay's direct send: a frame reaches daphne's socket only while that socket is open."""
 
 from __future__ import annotations
 
@@ -120,3 +121,54 @@ def test_the_integer_masker_unmasks_rfc_6455s_example_and_any_payload_in_any_pie
         masker.reset()
         assert masker.pointer() == 0 and masker.process(payload[:3]) == expected[:3]
     assert IntMasker(b"abcd").process(b"") == b""
+
+
+class Protocol:
+    """What daphne's server and the relay's direct send ask of a WebSocket protocol."""
+
+    STATE_OPEN, STATE_CLOSING = 1, 2
+
+    def __init__(self) -> None:
+        self.state = self.STATE_OPEN
+        self.frames: list[str] = []  # written straight to the socket
+        self.replies: list[dict] = []  # handed to daphne's reply path
+
+    def serverSend(self, content: str, binary: bool = False) -> None:  # noqa: N802 - autobahn's name
+        assert not binary
+        self.frames.append(content)
+
+    def handle_reply(self, message: dict) -> None:
+        self.replies.append(message)
+
+
+async def test_a_relay_frame_goes_to_daphnes_socket_only_while_it_is_open():
+    """A token socket's frames skip Channels' and daphne's reply coroutines, but only to an open
+    socket daphne still holds: one closing goes through daphne's own reply path (which refuses
+    it there), and to one daphne has seen disconnect nothing is written."""
+    from functools import partial
+
+    from daphne.server import Server
+
+    from messaging.consumers import RelayConsumer, _daphne_connection
+
+    server = Server(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"], signal_handlers=False)
+    protocol = Protocol()
+    server.connections = {protocol: {}}
+    consumer = RelayConsumer()
+    consumer.base_send = partial(server.handle_reply, protocol)
+    consumer.direct = _daphne_connection(consumer.base_send)
+    assert consumer.direct == (server, protocol)
+    assert _daphne_connection(partial(Protocol.handle_reply, protocol)) is None  # not daphne's: the ASGI send
+
+    await consumer.send_text('{"type":"sent"}')
+    assert protocol.frames == ['{"type":"sent"}'] and protocol.replies == []
+
+    protocol.state = Protocol.STATE_CLOSING
+    await consumer.send_text('{"type":"receipt"}')
+    assert protocol.frames == ['{"type":"sent"}']
+    assert protocol.replies == [{"type": "websocket.send", "text": '{"type":"receipt"}'}]
+
+    server.connections[protocol]["disconnected"] = 1.0
+    protocol.state = Protocol.STATE_OPEN
+    await consumer.send_text('{"type":"envelope"}')
+    assert protocol.frames == ['{"type":"sent"}'] and len(protocol.replies) == 1
