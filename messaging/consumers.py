@@ -54,6 +54,7 @@ CLOSE_POLICY = 1008  # a flood: more frames than settings.WS_FRAME_RATE allows
 # With ?batch=1 the frames one event-loop tick produces for a socket leave as one
 # {"type": "batch", "frames": [...]} frame, up to this many bytes of frames each.
 BATCH_BYTES = 256 * 1024
+SEND_GROUP = 64  # plain sends of one socket taken into one group commit at most
 
 
 def tick_seconds() -> float:
@@ -573,13 +574,29 @@ class RelayConsumer(AsyncWebsocketConsumer):
         else:
             forwarder = asyncio.ensure_future(self._forward(_LayerInbox(inbox, getattr(self.channel_layer, "capacity", 100))))
         try:
+            held = None
             while True:
-                message = await inbox.get()
+                message, held = (held, None) if held is not None else (await inbox.get(), None)
                 text = message.get("text")
-                if text is not None and message["type"] == "websocket.receive":  # as websocket_receive would
-                    await self.receive(text_data=text)
-                else:
+                if text is None or message["type"] != "websocket.receive":
                     await self.dispatch(message)
+                    continue
+                first = self._plain_send(text)
+                if first is None:
+                    await self.receive(text_data=text)  # as websocket_receive would
+                    continue
+                # Plain sends already waiting behind this one join it in the same group commit
+                # (one batch, in order) instead of each waiting for the one before to be stored.
+                group = [first]
+                while len(group) < SEND_GROUP and not inbox.empty():
+                    message = inbox.get_nowait()
+                    text = message.get("text")
+                    one = self._plain_send(text) if text is not None and message["type"] == "websocket.receive" else None
+                    if one is None:
+                        held = message  # handled next, after the group's answers
+                        break
+                    group.append(one)
+                await self.send_group(group)
         finally:
             if forwarder is not None:
                 forwarder.cancel()
@@ -846,25 +863,59 @@ class RelayConsumer(AsyncWebsocketConsumer):
                 raise err
             await handler(self, frame, ref)
         except Exception as exc:
-            err = as_enigmo_error(exc)
-            if err is None:
-                logger.exception("relay frame failed")
-                err = EnigmoError("The frame could not be processed.")
-                err.code = "internal"
-            await self.send_json({"type": "error", "ref": ref, **err.as_dict()})
+            await self.send_error(exc, ref)
+
+    async def send_error(self, exc: Exception, ref: Any) -> None:
+        err = as_enigmo_error(exc)
+        if err is None:
+            logger.exception("relay frame failed", exc_info=exc)
+            err = EnigmoError("The frame could not be processed.")
+            err.code = "internal"
+        await self.send_json({"type": "error", "ref": ref, **err.as_dict()})
+
+    def _plain_send(self, text: str) -> tuple[dict[str, Any], Any] | None:
+        """A frame receive() would hand to on_send's group commit path, as (send, ref), with the
+        same checks receive() makes first (size, flood guard, JSON); anything else → None, and
+        the frame goes through receive() (the flood guard is asked last: a refusal takes no token
+        and receive() refuses it again)."""
+        if self.device is None or self.closing or len(text) * 4 > self.max_frame_bytes:
+            return None
+        try:
+            frame = wire.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(frame, dict) or frame.get("type") != "send":
+            return None
+        fast = _fast_send(frame)
+        if fast is None or not self.frames.allow():
+            return None
+        ref = frame.get("ref")
+        return fast, (ref if ref is None or isinstance(ref, str | int) else None)
+
+    async def send_group(self, group: list[tuple[dict[str, Any], Any]]) -> None:
+        """Plain sends of this socket, in order, into one group commit; each answered in order."""
+        submitted = []
+        for fast, ref in group:
+            item = services.BatchSend(sender_device=self.device, **fast)
+            submitted.append((item, ref, fast["conversation_id"]))
+        futures = relay.SENDS.submit_group([item for item, _, _ in submitted])
+        for (item, ref, conversation_id), future in zip(submitted, futures, strict=True):
+            try:
+                await future
+                if item.error is not None:
+                    raise item.error
+                answer = item.answer
+                conversation = selectors.canonical_uuid(conversation_id)
+                if self.conv_last.get(conversation) == answer["seq"] - 1:
+                    self.conv_last[conversation] = answer["seq"]
+                await self.send_json({"type": "sent", "ref": ref, **answer})
+            except Exception as exc:
+                await self.send_error(exc, ref)
 
     async def on_send(self, frame: dict[str, Any], ref: Any) -> None:
         fast = _fast_send(frame)
         if fast is not None:
-            item = services.BatchSend(sender_device=self.device, **fast)
-            await relay.SENDS.submit(item)
-            if item.error is not None:
-                raise item.error
-            answer = item.answer
-            conversation = selectors.canonical_uuid(fast["conversation_id"])
-            if self.conv_last.get(conversation) == answer["seq"] - 1:
-                self.conv_last[conversation] = answer["seq"]
-            await self.send_json({"type": "sent", "ref": ref, **answer})
+            await self.send_group([(fast, ref)])
             return
         data = _valid(_SendFrame, frame)
         conversation_id = data.pop("conversation_id")

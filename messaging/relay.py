@@ -141,26 +141,39 @@ class Batcher:
         self.parallel = parallel
         self.max_items = max_items
         self.pending: list[tuple[Any, asyncio.Future[None]]] = []
+        self.group_ends: dict[int, int] = {}  # end → start (in pending) of each group of several items
         self.running = 0
         self.scheduled = False
 
     def reset(self) -> None:
-        self.pending, self.running, self.scheduled = [], 0, False
+        self.pending, self.group_ends, self.running, self.scheduled = [], {}, 0, False
 
     def submit(self, item: Any) -> asyncio.Future[None]:
+        return self.submit_group([item])[0]
+
+    def submit_group(self, items: list[Any]) -> list[asyncio.Future[None]]:
+        """Items that go into the same batch, in this order (never split between two batches,
+        which may run side by side)."""
         _same_loop()
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.pending.append((item, future))
+        futures = [loop.create_future() for _ in items]
+        if len(items) > 1:
+            self.group_ends[len(self.pending) + len(items)] = len(self.pending)
+        self.pending.extend(zip(items, futures, strict=True))
         if not self.scheduled and self.running < self.parallel:
             self.scheduled = True
             loop.call_soon(self._start)
-        return future
+        return futures
 
     def _start(self) -> None:
         self.scheduled = False
         while self.pending and self.running < self.parallel:
-            batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
+            cut = min(self.max_items, len(self.pending))
+            for end, start in self.group_ends.items():  # a cut inside a group moves to its end
+                if start < cut < end:
+                    cut = end
+            batch, self.pending = self.pending[:cut], self.pending[cut:]
+            self.group_ends = {end - cut: start - cut for end, start in self.group_ends.items() if start >= cut}
             self.running += 1
             _spawn(self._run(batch))
 

@@ -424,3 +424,32 @@ def test_message_ids_stay_distinct_across_batches_threads_and_a_forked_process()
     drawn += other + forked + services._random_uuids(50)
     assert len(drawn) == 869 + 300 + 100 and len(set(drawn)) == len(drawn)
     assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in drawn)
+
+
+@pytest.mark.django_db(transaction=False)
+async def test_a_group_is_never_split_between_two_batches_that_may_run_side_by_side():
+    """The relay's batcher cuts batches at max_items, but a socket's group of sends (stored in
+    order) stays whole: two batches run side by side, and the second could take its
+    conversation's sequence numbers first."""
+    import asyncio
+
+    from messaging.relay import Batcher
+
+    batches: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def run(items):
+        batches.append(items)
+        await release.wait()
+
+    batcher = Batcher(run, parallel=2, max_items=3)
+    futures = [batcher.submit("a"), *batcher.submit_group(["b", "c", "d"]), batcher.submit("e"), *batcher.submit_group(["f", "g"])]
+    for _ in range(10):  # the batches start on the next turns of the loop
+        await asyncio.sleep(0)
+    assert batches == [["a", "b", "c", "d"], ["e", "f", "g"]]  # the cut after c moved to the group's end
+    release.set()
+    await asyncio.gather(*futures)
+    batches.clear()
+    futures = [*batcher.submit_group(["h", "i"]), *batcher.submit_group(["j", "k"])]
+    await asyncio.gather(*futures)
+    assert batches == [["h", "i", "j", "k"]]  # a cut inside the second group: both whole, one batch

@@ -14,7 +14,7 @@ from messaging import services
 from messaging.models import Call, Delivery
 from tests.messaging.helpers import NOWHERE, fanout, send
 from tests.messaging.ws import closed_with, connect, frames_until, next_of, silent
-from tests.support import b64, unb64
+from tests.support import unb64
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -254,6 +254,70 @@ async def test_the_periodic_sweep_closes_sockets_whose_close_event_was_lost(api,
     await fine.send_json_to({"type": "ping", "ref": 1})
     assert await next_of(fine, "pong") == {"type": "pong", "ref": 1}
     await fine.disconnect()
+
+
+def _plain_sends(chat: str, recipients: list[dict], count: int) -> list[dict]:
+    return [
+        {"type": "send", "ref": f"s{i}", "conversation_id": chat, "client_message_id": str(uuid.uuid4()), "recipients": recipients}
+        for i in range(count)
+    ]
+
+
+async def test_sends_waiting_on_a_socket_are_stored_together_in_order(api, alice, bob, eve, chat, monkeypatch):
+    """Sends a socket has already received go into one group commit, not one each after the
+    previous is stored; they keep their order (seqs, answers), and a frame of another kind
+    between them is answered in its place."""
+    batches: list[list[str]] = []
+    store = services.messages_send_batch
+
+    def recorded(*, items):
+        batches.append([str(item.client_message_id) for item in items])
+        return store(items=items)
+
+    monkeypatch.setattr(services, "messages_send_batch", recorded)
+    alice_ws, bob_ws = await connect(alice), await connect(bob)
+    await next_of(alice_ws, "backlog")
+    await next_of(bob_ws, "backlog")
+    frames = _plain_sends(chat, await sync_to_async(fanout)(api, alice, chat, "g"), 5)
+    for frame in frames[:3]:  # all queued before the socket reads any of them
+        await alice_ws.send_json_to(frame)
+    await alice_ws.send_json_to({"type": "ping", "ref": "p"})
+    for frame in frames[3:]:
+        await alice_ws.send_json_to(frame)
+    answers = []
+    while len(answers) < 6:
+        frame = await alice_ws.receive_json_from(timeout=5)
+        if frame["type"] in ("sent", "pong"):
+            answers.append(frame)
+    assert [a["ref"] for a in answers] == ["s0", "s1", "s2", "p", "s3", "s4"]
+    assert [a["seq"] for a in answers if a["type"] == "sent"] == [1, 2, 3, 4, 5]
+    ids = [f["client_message_id"] for f in frames]
+    assert batches == [ids[:3], ids[3:]]
+    envelopes = [(await next_of(bob_ws, "envelope"))["seq"] for _ in range(5)]
+    assert envelopes == [1, 2, 3, 4, 5]
+    await alice_ws.disconnect()
+    await bob_ws.disconnect()
+
+
+async def test_the_flood_guard_counts_every_frame_of_a_group(api, alice, bob, eve, chat, settings):
+    """A socket allowed three frames a minute that sends five sends at once: three are stored
+    and answered, the fourth closes it (1008) and nothing after it is stored."""
+    settings.WS_FRAME_RATE = "3/60"
+    alice_ws = await connect(alice)
+    frames = _plain_sends(chat, await sync_to_async(fanout)(api, alice, chat, "f"), 5)
+    for frame in frames:
+        await alice_ws.send_json_to(frame)
+    seen = []
+    while True:
+        frame = await alice_ws.receive_json_from(timeout=5)
+        if frame["type"] in ("sent", "error"):
+            seen.append(frame)
+        if frame["type"] == "error":
+            break
+    assert [f["ref"] for f in seen[:3]] == ["s0", "s1", "s2"] and seen[3]["error"]["code"] == "rate_limited"
+    assert await closed_with(alice_ws) == 1008
+    stored = await sync_to_async(lambda: sorted(Delivery.objects.values_list("message__client_message_id", flat=True)))()
+    assert [str(m) for m in stored] == sorted(f["client_message_id"] for f in frames[:3])
 
 
 async def test_frame_over_the_cap_closes_1009_others_carry_on(api, alice, bob, eve, chat, settings):
