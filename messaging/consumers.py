@@ -24,6 +24,7 @@ from channels.layers import get_channel_layer
 from channels.security.websocket import OriginValidator
 from channels.utils import await_many_dispatch
 from channels_redis.core import RedisChannelLayer
+from daphne.server import Server as DaphneServer
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, connections
@@ -55,6 +56,7 @@ CLOSE_POLICY = 1008  # a flood: more frames than settings.WS_FRAME_RATE allows
 # {"type": "batch", "frames": [...]} frame, up to this many bytes of frames each.
 BATCH_BYTES = 256 * 1024
 SEND_GROUP = 64  # plain sends of one socket taken into one group commit at most
+UNDECODED = object()  # a frame's JSON not read yet
 
 
 def tick_seconds() -> float:
@@ -425,13 +427,9 @@ def _valid(serializer_class: type[serializers.Serializer], frame: dict[str, Any]
 def _daphne_connection(send: Any) -> tuple[Any, Any] | None:
     """(daphne's server, this socket's protocol) when `send` is daphne's own reply function
     (functools.partial(Server.handle_reply, protocol)), else None (middleware, a test)."""
-    try:
-        from daphne.server import Server
-    except ImportError:  # pragma: no cover - daphne is a dependency
-        return None
     if isinstance(send, functools.partial) and len(send.args) == 1 and not send.keywords:
         server = getattr(send.func, "__self__", None)
-        if isinstance(server, Server) and getattr(send.func, "__func__", None) is Server.handle_reply:
+        if isinstance(server, DaphneServer) and getattr(send.func, "__func__", None) is DaphneServer.handle_reply:
             return server, send.args[0]
     return None
 
@@ -574,16 +572,20 @@ class RelayConsumer(AsyncWebsocketConsumer):
         else:
             forwarder = asyncio.ensure_future(self._forward(_LayerInbox(inbox, getattr(self.channel_layer, "capacity", 100))))
         try:
-            held = None
+            held: tuple[dict[str, Any], Any] | None = None  # a message read ahead, and its decoded frame
             while True:
-                message, held = (held, None) if held is not None else (await inbox.get(), None)
+                message, decoded = held if held is not None else (await inbox.get(), UNDECODED)
+                held = None
                 text = message.get("text")
                 if text is None or message["type"] != "websocket.receive":
                     await self.dispatch(message)
                     continue
-                first = self._plain_send(text)
+                if decoded is UNDECODED:
+                    decoded, first = self._plain_send(text)
+                else:
+                    first = None  # read ahead: not a plain send
                 if first is None:
-                    await self.receive(text_data=text)  # as websocket_receive would
+                    await self.receive(text_data=text, decoded=decoded)  # as websocket_receive would
                     continue
                 # Plain sends already waiting behind this one join it in the same group commit
                 # (one batch, in order) instead of each waiting for the one before to be stored.
@@ -591,9 +593,9 @@ class RelayConsumer(AsyncWebsocketConsumer):
                 while len(group) < SEND_GROUP and not inbox.empty():
                     message = inbox.get_nowait()
                     text = message.get("text")
-                    one = self._plain_send(text) if text is not None and message["type"] == "websocket.receive" else None
+                    decoded, one = self._plain_send(text) if text is not None and message["type"] == "websocket.receive" else (UNDECODED, None)
                     if one is None:
-                        held = message  # handled next, after the group's answers
+                        held = (message, decoded)  # handled next, after the group's answers
                         break
                     group.append(one)
                 await self.send_group(group)
@@ -827,7 +829,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
         await self.flush_out()  # what was said before the close still arrives, and first
         await super().close(code=code, reason=reason)
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, *, decoded: Any = UNDECODED) -> None:
+        """A client frame; `decoded` is text_data's JSON when _plain_send has decoded it already."""
         if self.device is None or self.closing:
             return
         # a str holds at most 4 UTF-8 bytes a character: encode only when it could be over the cap
@@ -847,10 +850,12 @@ class RelayConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise ValidationFailed("Frames are JSON text.")
-            try:
-                frame = wire.loads(text_data)
-            except ValueError:
-                raise ValidationFailed("Malformed JSON.") from None
+            if decoded is UNDECODED:
+                try:
+                    decoded = wire.loads(text_data)
+                except ValueError:
+                    raise ValidationFailed("Malformed JSON.") from None
+            frame = decoded
             if not isinstance(frame, dict):
                 raise ValidationFailed("A frame is a JSON object.")
             ref = frame.get("ref")
@@ -873,24 +878,25 @@ class RelayConsumer(AsyncWebsocketConsumer):
             err.code = "internal"
         await self.send_json({"type": "error", "ref": ref, **err.as_dict()})
 
-    def _plain_send(self, text: str) -> tuple[dict[str, Any], Any] | None:
-        """A frame receive() would hand to on_send's group commit path, as (send, ref), with the
-        same checks receive() makes first (size, flood guard, JSON); anything else → None, and
-        the frame goes through receive() (the flood guard is asked last: a refusal takes no token
-        and receive() refuses it again)."""
+    def _plain_send(self, text: str) -> tuple[Any, tuple[dict[str, Any], Any] | None]:
+        """(the frame's JSON or UNDECODED, (send, ref) if it is a frame receive() would hand to
+        on_send's group commit path, else None). The checks receive() makes first (size, flood
+        guard, JSON) are made the same way; a frame that is not a plain send goes through
+        receive() with its JSON (the flood guard is asked last: a refusal takes no token and
+        receive() refuses it again)."""
         if self.device is None or self.closing or len(text) * 4 > self.max_frame_bytes:
-            return None
+            return UNDECODED, None
         try:
             frame = wire.loads(text)
         except ValueError:
-            return None
+            return UNDECODED, None  # receive() answers it
         if not isinstance(frame, dict) or frame.get("type") != "send":
-            return None
+            return frame, None
         fast = _fast_send(frame)
         if fast is None or not self.frames.allow():
-            return None
+            return frame, None
         ref = frame.get("ref")
-        return fast, (ref if ref is None or isinstance(ref, str | int) else None)
+        return frame, (fast, ref if ref is None or isinstance(ref, str | int) else None)
 
     async def send_group(self, group: list[tuple[dict[str, Any], Any]]) -> None:
         """Plain sends of this socket, in order, into one group commit; each answered in order."""

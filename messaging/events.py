@@ -18,12 +18,7 @@ OUTBOX: contextvars.ContextVar[list[tuple[str, dict[str, Any]]] | None] = contex
 
 def publish(groups: Iterable[str], event: dict[str, Any]) -> None:
     """Send `event` to `groups` once the surrounding transaction commits."""
-    box = OUTBOX.get()
-    if box is None:
-        send_after_commit(groups, event)
-        return
-    targets = list(groups)
-    transaction.on_commit(lambda: box.extend((group, event) for group in targets))
+    publish_each([(group, event) for group in groups])
 
 
 def publish_each(pairs: list[tuple[str, dict[str, Any]]]) -> None:
