@@ -4,16 +4,20 @@ store is down."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.cache.backends.base import get_key_func
 
-from enigmo.errors import RateLimited, ServiceUnavailable
+from enigmo.errors import EnigmoError, RateLimited, ServiceUnavailable
 
 logger = logging.getLogger("enigmo.ratelimit")
 
@@ -68,10 +72,39 @@ def _check_local(key: str, now_ms: float, interval_ms: float, burst: int) -> flo
         return 0.0
 
 
+@functools.cache
+def _key_function() -> Callable[[str, str, int], str]:
+    return get_key_func(settings.CACHES["default"].get("KEY_FUNCTION"))
+
+
+def _store_key(key: str) -> str:
+    """The bucket's key in Redis: the cache's (its prefix and version), built here because
+    `cache` is context-local: reaching it from an event loop's task builds a cache client."""
+    cache_settings = settings.CACHES["default"]
+    return _key_function()(key, cache_settings.get("KEY_PREFIX", ""), cache_settings.get("VERSION", 1))
+
+
 def _check_redis(key: str, interval_ms: float, burst: int) -> float:
-    full_key = cache.make_key(key)
+    full_key = _store_key(key)
     client = cache._cache.get_client(full_key, write=True)  # type: ignore[attr-defined]
     return float(client.eval(_GCRA_LUA, 1, full_key, int(interval_ms), burst))
+
+
+def _bucket(limit_name: str, parts: tuple[object, ...]) -> tuple[Limit, str]:
+    return limits()[limit_name], "rl:" + limit_name + ":" + ":".join(str(p) for p in parts)
+
+
+def _unavailable(limit: Limit, exc: Exception) -> None:
+    """The store is down: the limit decides (nothing, or ServiceUnavailable raised)."""
+    logger.warning("rate-limit store unavailable limit=%s error=%s", limit.name, type(exc).__name__)
+    if not limit.fail_open:
+        raise ServiceUnavailable("Rate limiting is unavailable; retry shortly.") from exc
+
+
+def _verdict(limit: Limit, parts: tuple[object, ...], wait_ms: float) -> None:
+    if wait_ms > 0:
+        logger.warning("rate limit hit limit=%s key=%s", limit.name, ":".join(str(p) for p in parts))
+        raise RateLimited(max(1, math.ceil(wait_ms / 1000)))
 
 
 def hit(limit_name: str, *parts: object) -> None:
@@ -79,23 +112,45 @@ def hit(limit_name: str, *parts: object) -> None:
     with Retry-After when over. When the store is unreachable, fail as the limit says."""
     if not settings.RATE_LIMITS_ENABLED:
         return
-    limit = limits()[limit_name]
-    key = "rl:" + limit_name + ":" + ":".join(str(p) for p in parts)
-    now_ms = time.time() * 1000
+    limit, key = _bucket(limit_name, parts)
     interval_ms = limit.interval_seconds * 1000
     try:
         if settings.REDIS_URL:
             wait_ms = _check_redis(key, interval_ms, limit.burst)
         else:
-            wait_ms = _check_local(key, now_ms, interval_ms, limit.burst)
-    except Exception as exc:  # the store is down: the limit decides
-        logger.warning("rate-limit store unavailable limit=%s error=%s", limit_name, type(exc).__name__)
-        if limit.fail_open:
-            return
-        raise ServiceUnavailable("Rate limiting is unavailable; retry shortly.") from exc
-    if wait_ms > 0:
-        logger.warning("rate limit hit limit=%s key=%s", limit_name, ":".join(str(p) for p in parts))
-        raise RateLimited(max(1, math.ceil(wait_ms / 1000)))
+            wait_ms = _check_local(key, time.time() * 1000, interval_ms, limit.burst)
+    except Exception as exc:
+        _unavailable(limit, exc)
+        return
+    _verdict(limit, parts, wait_ms)
+
+
+async def hit_many(redis_client: Any, limit_name: str, keys: list[tuple[object, ...]]) -> list[EnigmoError | None]:
+    """hit() for many keys of one limit from an event loop, in one round trip to Redis
+    (`redis_client`: a redis.asyncio client of settings.REDIS_URL); the in-process buckets
+    without Redis. → per key, the error hit() would raise, or None. Every key is counted."""
+    if not settings.RATE_LIMITS_ENABLED or not keys:
+        return [None] * len(keys)
+    if not settings.REDIS_URL:
+        return [_caught(hit, limit_name, *parts) for parts in keys]
+    limit = limits()[limit_name]
+    interval_ms = int(limit.interval_seconds * 1000)
+    pipe = redis_client.pipeline(transaction=False)
+    for parts in keys:
+        pipe.eval(_GCRA_LUA, 1, _store_key(_bucket(limit_name, parts)[1]), interval_ms, limit.burst)
+    try:
+        waits = await pipe.execute()
+    except Exception as exc:
+        return [_caught(_unavailable, limit, exc)] * len(keys)
+    return [_caught(_verdict, limit, parts, float(wait_ms)) for parts, wait_ms in zip(keys, waits, strict=True)]
+
+
+def _caught(func: Callable[..., None], *args: Any) -> EnigmoError | None:
+    try:
+        func(*args)
+    except EnigmoError as exc:
+        return exc
+    return None
 
 
 def reset_local() -> None:

@@ -110,8 +110,10 @@ def _db_executor() -> ThreadPoolExecutor:
 
 
 def reset_db_executor() -> None:
-    """Close every worker's database connection and stop the workers (tests, shutdown)."""
+    """Close every worker's database connection and stop the workers, and close the event
+    loop's idle connections (tests, shutdown)."""
     global _executor
+    relay.LOOP_DB.close()
     with _executor_lock:
         executor, _executor = _executor, None
     if executor is None:

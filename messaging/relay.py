@@ -20,11 +20,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from django.conf import settings
 
-from enigmo import wire
+from enigmo import ratelimit, wire
 from enigmo.realtime import device_group
 from messaging import selectors, services
+from messaging.loopdb import LOOP_DB
 
 if TYPE_CHECKING:
     from messaging.consumers import RelayConsumer
@@ -64,6 +66,7 @@ def _same_loop() -> None:
         SENDS.reset()
         ACKS.reset()
         BUS.reset()
+        LOOP_DB.close()
 
 
 def register(consumer: RelayConsumer) -> None:
@@ -204,17 +207,56 @@ async def in_db(func: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[An
     return await loop.run_in_executor(_db_executor(), functools.partial(_in_db_thread, func, *args, **kwargs))
 
 
-def _send_batch(items: list[services.BatchSend]) -> None:
-    services.messages_send_batch(items=items)
-    for item in items:  # wire text built here, off the event loop's critical section
+def _wire_texts(items: list[services.BatchSend]) -> None:
+    for item in items:
         item.pushes = [
             (device_pk, delivery_pk, wire.dumps({**frame, "ciphertext": base64.b64encode(frame["ciphertext"]).decode()}))
             for device_pk, delivery_pk, frame in item.pushes
         ]
 
 
+def _send_batch(items: list[services.BatchSend]) -> None:
+    services.messages_send_batch(items=items)
+    _wire_texts(items)  # built here, off the event loop's critical section
+
+
+async def _store_on_loop(items: list[services.BatchSend]) -> bool:
+    """The group commit on the event loop's own connection (loopdb), when the batch's checks need
+    no database read (services.known_batch): the "message" rate limit counted in one round trip
+    to Redis, then one statement. False: the database threads' path must store the sends that
+    have no error yet (nothing of them was stored, or a repeat of it is, which that path's look-up
+    finds and answers as message_send does)."""
+    if not LOOP_DB.enabled:
+        return False
+    batch = services.known_batch(items)
+    if batch is None:
+        return False
+    if batch.limits:
+        client = await BUS.redis() if BUS.enabled else None
+        errors = await ratelimit.hit_many(client, "message", [bucket for _, buckets in batch.limits for bucket in buckets])
+        verdicts = iter(errors)
+        for item, buckets in batch.limits:
+            item.counted = True
+            item.error = next((error for error in [next(verdicts) for _ in buckets] if error is not None), None)
+    if all(item.error is not None for item, _, _ in batch.fast):
+        return True
+    sql, params, answer = services.known_batch_statement(batch)
+    try:
+        rows = await LOOP_DB.fetch(sql, params)
+    except psycopg.Error as exc:  # a repeat (the idempotency index), a deadlock, a lost connection
+        logger.info("group commit handed to the database threads error=%s", type(exc).__name__)
+        return False
+    if not answer(rows):
+        return False
+    _wire_texts(items)
+    return True
+
+
 async def _run_sends(items: list[services.BatchSend]) -> None:
-    _, box = await in_db(_send_batch, items)
+    if await _store_on_loop(items):
+        box: list[tuple[str, dict[str, Any]]] = []
+    else:
+        _, box = await in_db(_send_batch, [item for item in items if item.error is None])
     events: list[tuple[str, dict[str, Any]]] = list(box)
     for item in items:
         if item.answer is None:
@@ -243,6 +285,15 @@ def _ack_batch(acks: list[tuple[Any, list[tuple[int, str, str, int | None]]]]) -
 
 
 async def _run_acks(acks: list[tuple[Any, list[tuple[int, str, str, int | None]]]]) -> None:
+    statement = services.ack_statement(acks) if LOOP_DB.enabled else None
+    if statement is not None:
+        try:
+            await LOOP_DB.fetch(*statement, prepare=False)
+        except psycopg.Error as exc:  # the database threads' path runs it again (it is idempotent)
+            logger.info("acknowledgements handed to the database threads error=%s", type(exc).__name__)
+        else:
+            await publish(services.ack_receipts(acks))
+            return
     _, box = await in_db(_ack_batch, acks)
     if box:
         await publish(list(box))
@@ -300,7 +351,8 @@ class Bus:
             self.flushing = True
             asyncio.get_running_loop().call_soon(lambda: _spawn(self._flush()))
 
-    async def _redis(self) -> Any:
+    async def redis(self) -> Any:
+        """This process's Redis client on the event loop (settings.REDIS_URL)."""
         if self.client is None:
             import redis.asyncio as redis
 
@@ -313,7 +365,7 @@ class Bus:
                 batch, self.outbox = self.outbox, []
                 payload = wire.dumps({"o": ORIGIN, "e": batch})
                 try:
-                    if await (await self._redis()).publish(self.channel(), payload) > 1:
+                    if await (await self.redis()).publish(self.channel(), payload) > 1:
                         self.peers = True
                 except Exception as exc:  # at most once: the next drain recovers envelopes
                     logger.warning("relay bus publish failed error=%s", type(exc).__name__)
@@ -356,7 +408,7 @@ class Bus:
         while True:
             await asyncio.sleep(PEER_CHECK_SECONDS)
             try:
-                ((_, count),) = await (await self._redis()).pubsub_numsub(self.channel())
+                ((_, count),) = await (await self.redis()).pubsub_numsub(self.channel())
                 if count > 1:
                     self.peers = True
                 elif time.monotonic() - self.heard_at > 2 * PEER_CHECK_SECONDS:

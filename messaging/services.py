@@ -10,7 +10,7 @@ import secrets
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -394,28 +394,42 @@ def _ack_sql() -> str:
     )
 
 
-def deliveries_ack_sent_many(*, acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> None:
-    """deliveries_ack_sent for many sockets at once: one UPDATE for every acknowledged copy
-    (each pk paired with the device it was sent to), then the receipts."""
-    pks = [pk for _, sent in acks for pk, _, _, _ in sent]
-    if not pks:
-        return
-    if connection.vendor == "postgresql":  # each copy with its own device; no ORM compile per batch
-        # Planned on every call, unlike the group commit's statements: it reads the deliveries
-        # table, which grows between statistics updates, and a plan cached while that table
-        # was small scans all of it (measured: PostgreSQL's CPU climbing through a 30 s run).
-        with _bound_cursor(_ack_sql()) as cursor:
-            cursor.execute(_ack_sql(), [timezone.now(), _pg_array(pks), _pg_array([device.pk for device, sent in acks for _ in sent])], prepare=False)
-    else:
-        Delivery.objects.filter(pk__in=pks, device_id__in={device.pk for device, _ in acks}, delivered_at__isnull=True).update(
-            delivered_at=timezone.now(), ciphertext=None
-        )
-    publish_each([
+def ack_statement(acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> tuple[str, list[Any]] | None:
+    """deliveries_ack_sent_many's UPDATE on PostgreSQL as (SQL, parameters), for a caller that
+    runs it on a connection of its own (the relay, on its event loop); None elsewhere.
+    Planned on every call (run it with prepare=False), unlike the group commit's statements: it
+    reads the deliveries table, which grows between statistics updates, and a plan cached while
+    that table was small scans all of it (measured: PostgreSQL's CPU climbing through a 30 s run)."""
+    if connection.vendor != "postgresql":
+        return None
+    pks = [pk for _, sent in acks for pk, _, _, _ in sent]  # each copy with its own device
+    return _ack_sql(), [timezone.now(), _pg_array(pks), _pg_array([device.pk for device, sent in acks for _ in sent])]
+
+
+def ack_receipts(acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The "delivered" receipts of acknowledged copies, for their senders (none to oneself)."""
+    return [
         (user_group(sender_pk), _event(_receipt(message_id, conversation_id, device, "delivered")))
         for device, sent in acks
         for _, message_id, conversation_id, sender_pk in sent
         if sender_pk and sender_pk != device.user_id
-    ])
+    ]
+
+
+def deliveries_ack_sent_many(*, acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> None:
+    """deliveries_ack_sent for many sockets at once: one UPDATE for every acknowledged copy
+    (each pk paired with the device it was sent to), then the receipts."""
+    if not any(sent for _, sent in acks):
+        return
+    statement = ack_statement(acks)
+    if statement is not None:  # no ORM compile per batch
+        with _bound_cursor(statement[0]) as cursor:
+            cursor.execute(*statement, prepare=False)
+    else:
+        Delivery.objects.filter(
+            pk__in=[pk for _, sent in acks for pk, _, _, _ in sent], device_id__in={device.pk for device, _ in acks}, delivered_at__isnull=True
+        ).update(delivered_at=timezone.now(), ciphertext=None)
+    publish_each(ack_receipts(acks))
 
 
 def message_delivered(*, device: Device, message_id: Any) -> None:
@@ -922,13 +936,23 @@ def _known_lookups(items: list[BatchSend]) -> Lookups | None:
 FastSend = tuple[BatchSend, int, dict[tuple[str, int], int]]  # (item, conversation pk, (user id, device id) → device pk)
 
 
+def message_limit_buckets(item: BatchSend, member_pks: Iterable[int]) -> list[tuple[int, int]]:
+    """The "message" rate limit's buckets a send counts against: sender and each other member."""
+    return [(item.sender_device.user_id, pk) for pk in member_pks if pk != item.sender_device.user_id]
+
+
 def _batch_partition(
-    items: list[BatchSend], members: dict[Any, tuple[int, set[int]]], devices: dict[int, list[tuple[int, str, int]]], seen: set[tuple[int, Any]]
+    items: list[BatchSend],
+    members: dict[Any, tuple[int, set[int]]],
+    devices: dict[int, list[tuple[int, str, int]]],
+    seen: set[tuple[int, Any]],
+    count: bool = True,
 ) -> tuple[list[FastSend], list[BatchSend]]:
     """Which sends the group commit stores (member, every current device covered once, sizes
     within the cap, under the rate limit, not a repeat) and which go through message_send on
     their own (it answers a repeat, a not-found or a mismatch exactly as a single send would).
-    A send over the rate limit gets its error here and is in neither list."""
+    A send over the rate limit gets its error here and is in neither list (`count=False`: the
+    caller counts the rate limit)."""
     cap = settings.MAX_CIPHERTEXT_BYTES
     fast: list[FastSend] = []
     slow: list[BatchSend] = []
@@ -944,12 +968,11 @@ def _batch_partition(
         if len(set(given)) != len(given) or set(given) != set(expected):
             slow.append(item)
             continue
-        if settings.RATE_LIMITS_ENABLED and not item.counted:
+        if count and settings.RATE_LIMITS_ENABLED and not item.counted:
             item.counted = True
             try:
-                for other_pk in conv[1]:
-                    if other_pk != item.sender_device.user_id:
-                        ratelimit.hit("message", item.sender_device.user_id, other_pk)
+                for bucket in message_limit_buckets(item, conv[1]):
+                    ratelimit.hit("message", *bucket)
             except EnigmoError as exc:
                 item.error = exc
                 continue
@@ -963,6 +986,56 @@ def _batch_refused(fast: list[FastSend]) -> list[BatchSend]:
     for item, _, _ in fast:
         item.answer, item.pushes = None, []
     return [item for item, _, _ in fast]
+
+
+@dataclass
+class KnownBatch:
+    """A batch the group commit can check without reading the database (see known_batch)."""
+
+    fast: list[FastSend]
+    versions: dict[int, int]  # conversation pk → the roster version its store must find
+    limits: list[tuple[BatchSend, list[tuple[int, int]]]]  # sends not yet counted against the "message" limit, with their buckets
+
+
+def known_batch(items: list[BatchSend]) -> KnownBatch | None:
+    """messages_send_batch's checks for a caller that runs the store statement on a connection
+    of its own (the relay, on its event loop), when they need no database read: PostgreSQL,
+    every conversation known from an earlier look-up (_known, checked again by the statement),
+    every send one the group commit stores. The "message" rate limit is left to the caller
+    (`limits`): its store may be one the caller reaches without blocking. None: anything else,
+    for messages_send_batch."""
+    if connection.vendor != "postgresql":
+        return None
+    lookups = _known_lookups(items)
+    if lookups is None:
+        return None
+    fast, slow = _batch_partition(items, *lookups[:3], count=False)
+    if slow:
+        return None
+    members = lookups[0]
+    limits = []
+    if settings.RATE_LIMITS_ENABLED:
+        limits = [(item, message_limit_buckets(item, members[_uuid(item.conversation_id)][1])) for item, _, _ in fast if not item.counted]
+    return KnownBatch(fast, lookups[3], limits)
+
+
+def known_batch_statement(batch: KnownBatch) -> tuple[str, dict[str, Any], Callable[[list[tuple[Any, ...]]], bool]]:
+    """The store of a known batch (its sends refused by a rate limit left out) as one statement
+    in its own transaction (run it outside any), and what answers the sends from its rows: False
+    when nothing was stored because a roster changed since the look-up (the conversations are
+    forgotten; messages_send_batch looks them up again)."""
+    fast = [send for send in batch.fast if send[0].error is None]
+    now = timezone.now()
+    sql, params, public_ids = _store_batch_statement(fast, now, batch.versions)
+
+    def answer(rows: list[tuple[Any, ...]]) -> bool:
+        if not rows:
+            _forget(fast)
+            return False
+        _batch_answer(fast, _store_batch_results(rows, public_ids, fast, now))
+        return True
+
+    return sql, params, answer
 
 
 def messages_send_batch(*, items: list[BatchSend]) -> None:

@@ -267,14 +267,16 @@ async def test_sends_waiting_on_a_socket_are_stored_together_in_order(api, alice
     """Sends a socket has already received go into one group commit, not one each after the
     previous is stored; they keep their order (seqs, answers), and a frame of another kind
     between them is answered in its place."""
+    from messaging import relay
+
     batches: list[list[str]] = []
-    store = services.messages_send_batch
+    store = relay.SENDS.run
 
-    def recorded(*, items):
+    async def recorded(items):
         batches.append([str(item.client_message_id) for item in items])
-        return store(items=items)
+        return await store(items)
 
-    monkeypatch.setattr(services, "messages_send_batch", recorded)
+    monkeypatch.setattr(relay.SENDS, "run", recorded)
     alice_ws, bob_ws = await connect(alice), await connect(bob)
     await next_of(alice_ws, "backlog")
     await next_of(bob_ws, "backlog")
@@ -318,6 +320,91 @@ async def test_the_flood_guard_counts_every_frame_of_a_group(api, alice, bob, ev
     assert await closed_with(alice_ws) == 1008
     stored = await sync_to_async(lambda: sorted(Delivery.objects.values_list("message__client_message_id", flat=True)))()
     assert [str(m) for m in stored] == sorted(f["client_message_id"] for f in frames[:3])
+
+
+async def _answer(ws, frame: dict) -> dict:
+    """Send one frame and wait for its answer (each send its own group commit)."""
+    await ws.send_json_to(frame)
+    while (answer := await ws.receive_json_from(timeout=5)).get("ref") != frame["ref"]:
+        pass
+    return answer
+
+
+async def test_the_message_rate_limit_and_membership_hold_for_a_conversation_the_relay_knows(api, alice, bob, eve, chat, settings):
+    """Once the relay has stored a send to a conversation it stores the next ones without
+    reading members and devices again (on PostgreSQL on its event loop's own connection): the
+    "message" limit (3 a minute here) still counts each send, the fourth is refused with
+    rate_limited and Retry-After and not stored, and eve, in no conversation, posting the
+    recipients of a real send is refused as not found; bob gets exactly the three."""
+    settings.RATE_LIMITS_ENABLED = True
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "message": "3/60"}
+    alice_ws, bob_ws, eve_ws = await connect(alice), await connect(bob), await connect(eve)
+    for ws in (alice_ws, bob_ws, eve_ws):
+        await next_of(ws, "backlog")
+    frames = _plain_sends(chat, await sync_to_async(fanout)(api, alice, chat, "k"), 4)
+    answers = [await _answer(alice_ws, frame) for frame in frames]
+    assert [a["type"] for a in answers] == ["sent", "sent", "sent", "error"]
+    assert [a["seq"] for a in answers[:3]] == [1, 2, 3]
+    assert answers[3]["error"]["code"] == "rate_limited" and answers[3]["error"]["retry_after"] >= 1
+    forged = {**_plain_sends(chat, frames[0]["recipients"], 1)[0], "ref": "eve"}
+    refused = await _answer(eve_ws, forged)
+    assert refused["type"] == "error" and refused["error"]["code"] == "not_found"
+    assert [(await next_of(bob_ws, "envelope"))["seq"] for _ in range(3)] == [1, 2, 3]
+    assert await silent(bob_ws, 0.5)
+    stored = await sync_to_async(lambda: sorted(str(m) for m in Delivery.objects.values_list("message__client_message_id", flat=True)))()
+    assert stored == sorted(f["client_message_id"] for f in frames[:3])
+    for ws in (alice_ws, bob_ws, eve_ws):
+        await ws.disconnect()
+
+
+LOOP_BACKENDS = "SELECT pid FROM pg_stat_activity WHERE application_name = 'enigmo-relay-loop' AND datname = current_database()"
+
+
+@sync_to_async
+def _loop_backends(terminate: bool = False) -> list[int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(LOOP_BACKENDS)
+        pids = [row[0] for row in cursor.fetchall()]
+        for pid in pids if terminate else []:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    return pids
+
+
+@pytest.mark.skipif(services.connection.vendor != "postgresql", reason="the event loop's own connections are PostgreSQL's")
+async def test_sends_and_acks_survive_the_database_dropping_the_event_loops_connections(api, alice, bob, eve, chat):
+    """The relay's hot path (sends to a known conversation, acknowledgements) runs on
+    connections of its event loop, shown as enigmo-relay-loop in pg_stat_activity. When the
+    database drops them, the send and the acknowledgement in flight are stored through the
+    database threads instead and the next ones open a new connection: every send is answered
+    and delivered once, every acknowledged copy is marked delivered."""
+    alice_ws, bob_ws = await connect(alice), await connect(bob)
+    await next_of(alice_ws, "backlog")
+    await next_of(bob_ws, "backlog")
+    frames = _plain_sends(chat, await sync_to_async(fanout)(api, alice, chat, "d"), 4)
+    got = []
+
+    async def send_and_ack(frame: dict) -> None:
+        answer = await _answer(alice_ws, frame)
+        assert answer["type"] == "sent", answer
+        envelope = await next_of(bob_ws, "envelope")
+        assert envelope["id"] == answer["id"]
+        got.append(envelope["seq"])
+        assert await _answer(bob_ws, {"type": "ack", "ids": [envelope["id"]], "ref": "a" + frame["ref"]}) == {"type": "ok", "ref": "a" + frame["ref"]}
+
+    await send_and_ack(frames[0])  # looks the conversation up
+    await send_and_ack(frames[1])  # known: stored on the event loop
+    assert await _loop_backends(terminate=True)
+    await send_and_ack(frames[2])
+    await send_and_ack(frames[3])
+    assert await _loop_backends()  # reconnected
+    assert got == [1, 2, 3, 4]
+    rows = await sync_to_async(lambda: list(Delivery.objects.values_list("message__seq", "delivered_at", "ciphertext")))()
+    assert sorted(seq for seq, _, _ in rows) == [1, 2, 3, 4]
+    assert all(delivered is not None and ciphertext is None for _, delivered, ciphertext in rows)
+    await alice_ws.disconnect()
+    await bob_ws.disconnect()
 
 
 async def test_frame_over_the_cap_closes_1009_others_carry_on(api, alice, bob, eve, chat, settings):
