@@ -285,10 +285,9 @@ def _ack_batch(acks: list[tuple[Any, list[tuple[int, str, str, int | None]]]]) -
 
 
 async def _run_acks(acks: list[tuple[Any, list[tuple[int, str, str, int | None]]]]) -> None:
-    statement = services.ack_statement(acks) if LOOP_DB.enabled else None
-    if statement is not None:
+    if LOOP_DB.enabled:
         try:
-            await LOOP_DB.fetch(*statement, prepare=False)
+            await LOOP_DB.fetch(*services.ack_statement(acks), prepare=False)
         except psycopg.Error as exc:  # the database threads' path runs it again (it is idempotent)
             logger.info("acknowledgements handed to the database threads error=%s", type(exc).__name__)
         else:

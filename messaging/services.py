@@ -394,14 +394,14 @@ def _ack_sql() -> str:
     )
 
 
-def ack_statement(acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> tuple[str, list[Any]] | None:
-    """deliveries_ack_sent_many's UPDATE on PostgreSQL as (SQL, parameters), for a caller that
-    runs it on a connection of its own (the relay, on its event loop); None elsewhere.
-    Planned on every call (run it with prepare=False), unlike the group commit's statements: it
-    reads the deliveries table, which grows between statistics updates, and a plan cached while
-    that table was small scans all of it (measured: PostgreSQL's CPU climbing through a 30 s run)."""
-    if connection.vendor != "postgresql":
-        return None
+def ack_statement(acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> tuple[str, list[Any]]:
+    """deliveries_ack_sent_many's UPDATE on PostgreSQL as (SQL, parameters), also for a caller
+    that runs it on a connection of its own (the relay, on its event loop, which never touches
+    Django's `connection`: each task's context would build a DatabaseWrapper of its own,
+    measured as most of the relay's garbage). Planned on every call (run it with
+    prepare=False), unlike the group commit's statements: it reads the deliveries table, which
+    grows between statistics updates, and a plan cached while that table was small scans all of
+    it (measured: PostgreSQL's CPU climbing through a 30 s run)."""
     pks = [pk for _, sent in acks for pk, _, _, _ in sent]  # each copy with its own device
     return _ack_sql(), [timezone.now(), _pg_array(pks), _pg_array([device.pk for device, sent in acks for _ in sent])]
 
@@ -421,8 +421,8 @@ def deliveries_ack_sent_many(*, acks: list[tuple[Device, list[tuple[int, str, st
     (each pk paired with the device it was sent to), then the receipts."""
     if not any(sent for _, sent in acks):
         return
-    statement = ack_statement(acks)
-    if statement is not None:  # no ORM compile per batch
+    if connection.vendor == "postgresql":  # no ORM compile per batch
+        statement = ack_statement(acks)
         with _bound_cursor(statement[0]) as cursor:
             cursor.execute(*statement, prepare=False)
     else:
@@ -998,14 +998,12 @@ class KnownBatch:
 
 
 def known_batch(items: list[BatchSend]) -> KnownBatch | None:
-    """messages_send_batch's checks for a caller that runs the store statement on a connection
-    of its own (the relay, on its event loop), when they need no database read: PostgreSQL,
-    every conversation known from an earlier look-up (_known, checked again by the statement),
-    every send one the group commit stores. The "message" rate limit is left to the caller
-    (`limits`): its store may be one the caller reaches without blocking. None: anything else,
-    for messages_send_batch."""
-    if connection.vendor != "postgresql":
-        return None
+    """messages_send_batch's checks on PostgreSQL for a caller that runs the store statement on
+    a connection of its own (the relay, on its event loop; see ack_statement), when they need no
+    database read: every conversation known from an earlier look-up (_known, checked again by
+    the statement), every send one the group commit stores. The "message" rate limit is left to
+    the caller (`limits`): its store may be one the caller reaches without blocking. None:
+    anything else, for messages_send_batch."""
     lookups = _known_lookups(items)
     if lookups is None:
         return None
