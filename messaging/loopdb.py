@@ -11,9 +11,26 @@ database threads' path, which answers exactly as before."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.db import connections
+
+
+@functools.cache
+def _connection_class() -> type:
+    import psycopg
+    from psycopg import waiting
+
+    class LoopConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+        """Waits for its socket without a time-out: psycopg's default wakes every 0.1 s (for
+        Ctrl-C, which daphne handles) through asyncio.wait_for, a task and a timer for each wait
+        of each statement."""
+
+        async def wait(self, gen: Any, interval: float | None = None) -> Any:
+            return await waiting.wait_async(gen, self.pgconn.socket)
+
+    return LoopConnection
 
 
 class LoopDatabase:
@@ -38,12 +55,10 @@ class LoopDatabase:
         self._vendor = None
 
     async def _connect(self) -> Any:
-        import psycopg
-
         params = connections["default"].get_connection_params()
         params.pop("cursor_factory", None)  # Django's is synchronous and binds client-side
         params.setdefault("application_name", "enigmo-relay-loop")  # as pg_stat_activity shows it
-        conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        conn = await _connection_class().connect(**params, autocommit=True)
         conn.enigmo_cursors = {}
         return conn
 
