@@ -830,8 +830,9 @@ def what_blocks(row: dict[str, Any], pinned: bool) -> str:
         full = [f"core {i}" for i, c in enumerate((c0, c1)) if c >= FULL_CORE_PCT]
         return (f"at this offered rate core 0 is {c0:.0f} % busy (the server {row.get('server_cpu_pct', 0):.0f} %) and core 1 "
                 f"{c1:.0f} % ({core1}); " + (f"{' and '.join(full)} full: envelopes queue for CPU" if full else
-                "neither is full: the latency is the path's own (a durable group commit and the hand-offs "
-                "to and from the database threads; the profile shows where)"))
+                "neither is full: the latency is the path's own (at this rate each envelope is a durable "
+                "commit of its own and its acknowledgement another, and each waits for a busy core; the "
+                "profile shows where)"))
     if c1 >= FULL_CORE_PCT and c1 >= c0:
         return (f"core 1 is full ({c1:.0f} % busy: {core1}); core 0, the server's, is {c0:.0f} % busy "
                 f"(the server {row.get('server_cpu_pct', 0):.0f} %): the server waits on the driver and PostgreSQL")
