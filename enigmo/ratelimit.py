@@ -90,8 +90,8 @@ def _check_redis(key: str, interval_ms: float, burst: int) -> float:
     return float(client.eval(_GCRA_LUA, 1, full_key, int(interval_ms), burst))
 
 
-def _bucket(limit_name: str, parts: tuple[object, ...]) -> tuple[Limit, str]:
-    return limits()[limit_name], "rl:" + limit_name + ":" + ":".join(str(p) for p in parts)
+def _key(limit_name: str, parts: tuple[object, ...]) -> str:
+    return "rl:" + limit_name + ":" + ":".join(str(p) for p in parts)
 
 
 def _unavailable(limit: Limit, exc: Exception) -> None:
@@ -112,7 +112,7 @@ def hit(limit_name: str, *parts: object) -> None:
     with Retry-After when over. When the store is unreachable, fail as the limit says."""
     if not settings.RATE_LIMITS_ENABLED:
         return
-    limit, key = _bucket(limit_name, parts)
+    limit, key = limits()[limit_name], _key(limit_name, parts)
     interval_ms = limit.interval_seconds * 1000
     try:
         if settings.REDIS_URL:
@@ -137,7 +137,7 @@ async def hit_many(redis_client: Any, limit_name: str, keys: list[tuple[object, 
     interval_ms = int(limit.interval_seconds * 1000)
     pipe = redis_client.pipeline(transaction=False)
     for parts in keys:
-        pipe.eval(_GCRA_LUA, 1, _store_key(_bucket(limit_name, parts)[1]), interval_ms, limit.burst)
+        pipe.eval(_GCRA_LUA, 1, _store_key(_key(limit_name, parts)), interval_ms, limit.burst)
     try:
         waits = await pipe.execute()
     except Exception as exc:

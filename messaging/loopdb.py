@@ -11,26 +11,20 @@ database threads' path, which answers exactly as before."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
+import psycopg
 from django.db import connections
+from psycopg import waiting
 
 
-@functools.cache
-def _connection_class() -> type:
-    import psycopg
-    from psycopg import waiting
+class LoopConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+    """Waits for its socket without a time-out: psycopg's default wakes every 0.1 s (for Ctrl-C,
+    which daphne handles) through asyncio.wait_for, a task and a timer for each wait of each
+    statement."""
 
-    class LoopConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
-        """Waits for its socket without a time-out: psycopg's default wakes every 0.1 s (for
-        Ctrl-C, which daphne handles) through asyncio.wait_for, a task and a timer for each wait
-        of each statement."""
-
-        async def wait(self, gen: Any, interval: float | None = None) -> Any:
-            return await waiting.wait_async(gen, self.pgconn.socket)
-
-    return LoopConnection
+    async def wait(self, gen: Any, interval: float | None = None) -> Any:
+        return await waiting.wait_async(gen, self.pgconn.socket)
 
 
 class LoopDatabase:
@@ -58,15 +52,13 @@ class LoopDatabase:
         params = connections["default"].get_connection_params()
         params.pop("cursor_factory", None)  # Django's is synchronous and binds client-side
         params.setdefault("application_name", "enigmo-relay-loop")  # as pg_stat_activity shows it
-        conn = await _connection_class().connect(**params, autocommit=True)
+        conn = await LoopConnection.connect(**params, autocommit=True)
         conn.enigmo_cursors = {}
         return conn
 
     async def fetch(self, sql: str, params: Any, *, prepare: bool | None = None) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction; → its rows ([] if it returns none).
         Errors are psycopg's."""
-        import psycopg
-
         conn = self.idle.pop() if self.idle else await self._connect()
         try:
             # One server-side-binding cursor per statement and connection, kept: psycopg then
